@@ -1,0 +1,349 @@
+"""One typed config: dataclass defaults, YAML files in conf/, dotted ``key=value`` overrides.
+
+The same dotted keys serve the command line (``train.lr=3e-4``), the search space
+(``search.space: {train.lr: ...}``) and finalize, so a trial's configuration can
+always be rebuilt from its flat parameters.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from maskclf.errors import InputError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+DEFAULT_CONFIG = CONF_DIR / "search.yaml"
+
+
+@dataclass
+class DataConfig:
+    root: str = "data/demo"  # competition layout: root/train/train.csv, root/eval/info.csv
+    demo: bool = True  # generate the demo dataset at root when it does not exist yet
+    demo_people: int = 300  # train people in the generated demo dataset
+    demo_eval_people: int = 60  # eval people in the generated demo dataset
+    demo_seed: int = 0  # the demo dataset is deterministic for a seed
+    corrections: str = ""  # CSV id,field,value fixing known label errors ("" = none)
+    age_old: int = 60  # training-label cut-off of the >=60 band; 58-59 helps on the real data
+    check_images: bool = True  # decode every image once during validation (catches truncated files)
+
+
+@dataclass
+class FacesConfig:
+    method: str = "mtcnn"  # mtcnn | center (fixed box) | none (whole photo)
+    size: int = 128  # side of the cached square crop; train.image_size resizes from it
+    margin: float = 0.4  # MTCNN box grown by this fraction per side: hair and chin carry age/gender cues
+    batch_size: int = 32  # images per MTCNN batch
+    device: str = "auto"  # where MTCNN runs: auto | cpu | cuda
+    cache_dir: str = ""  # crop cache; "" = <run.dir>/cache, shared by every run of that dir
+
+
+@dataclass
+class FoldsConfig:
+    n: int = 5  # person-level stratified folds
+    fold: int = 0  # the validation fold of a single run (train, tune)
+    seed: int = 42  # folds are deterministic for a seed
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"  # any timm model name
+    pretrained: bool = False  # timm's normal loading (needs internet or a warm HF cache)
+    pretrained_file: str = ""  # local weights file for machines without internet
+    head: str = "joint"  # joint: one 18-way head | multitask: mask, gender, age heads combined
+    drop_rate: float = 0.0  # dropout before the classifier
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10  # epoch budget of one fit (also ASHA's max_t)
+    batch_size: int = 64
+    image_size: int = 96  # network input side, resized from the cached crop
+    augment: str = "light"  # none | light | strong
+    optimizer: str = "adamw"  # any timm optimizer name (adamw, adam, sgd, ...)
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9  # sgd-family only
+    scheduler: str = "cosine"  # none | cosine | step | multistep | plateau | poly | tanh
+    warmup_epochs: float = 0.0  # linear warmup (fractions of an epoch allowed)
+    decay_epochs: int = 3  # step: epochs between decays; plateau: patience
+    decay_rate: float = 0.1  # step / plateau decay factor
+    min_lr: float = 1e-6  # floor of cosine-like schedules
+    loss: str = "ce"  # ce | smooth | focal | soft_f1 | weighted
+    label_smoothing: float = 0.1  # for loss=smooth
+    focal_gamma: float = 2.0  # for loss=focal
+    sampler: str = "none"  # none | weighted (oversample rare classes such as >=60)
+    amp: bool = True  # mixed precision, CUDA only
+    channels_last: bool = True  # CUDA only
+    num_workers: int = 0  # DataLoader workers; crops are in memory, so 0 is often fastest on CPU
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    threads: int = 0  # torch CPU threads (0 = torch's default)
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs"  # every output of the run goes under here
+    study: str = "demo"  # name of the study: its folder, MLflow experiment and model
+
+
+@dataclass
+class SearchConfig:
+    num_samples: int = 12  # trials in the study
+    max_concurrent: int = 2  # trials running at once (TPE learns more from fewer in flight)
+    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
+    reduction_factor: int = 2  # ASHA: keep 1/reduction_factor at each rung
+    seed: int = 0  # seeds TPE
+    n_startup_trials: int = 4  # random trials before TPE models the history
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # fractions allowed (0.5 = two trials per GPU)
+    max_failures: int = 1  # retries of a crashed trial, resumed from its last checkpoint
+    address: str = ""  # Ray cluster address; "" = RAY_ADDRESS or a local Ray
+    storage_path: str = ""  # Tune results; must be shared storage on a multi-node cluster
+    space: dict = field(default_factory=dict)  # dotted config key -> distribution
+
+
+@dataclass
+class TrackingConfig:
+    uri: str = ""  # MLflow tracking URI; "" = MLFLOW_TRACKING_URI or sqlite:///<run.dir>/mlflow.db
+
+
+@dataclass
+class FinalizeConfig:
+    tta: bool = True  # average with horizontally flipped crops
+    folds: str = "all"  # "all" or a comma list such as "0,1"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    finalize: FinalizeConfig = field(default_factory=FinalizeConfig)
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def keys(cfg: Config | None = None) -> list[str]:
+    """Every dotted key, e.g. ``train.lr``."""
+    cfg = cfg or Config()
+    return [
+        f"{s.name}.{f.name}"
+        for s in dataclasses.fields(cfg)
+        for f in dataclasses.fields(getattr(cfg, s.name))
+    ]
+
+
+def _unknown(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return f"unknown key '{key}'{hint}"
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert ``value`` to the field type or raise ValueError with a readable reason."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise ValueError(f"{key} must be true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+            raise ValueError(f"{key} must be an integer, got {value!r}")
+        return int(value)
+    if typ is float:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ValueError(f"{key} must be a string, got {value!r}")
+        return "" if value is None else str(value)
+    if typ is dict or typing.get_origin(typ) is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"{key} must be a mapping, got {value!r}")
+        return value
+    raise TypeError(f"unsupported config type {typ} for {key}")  # a bug, not bad input
+
+
+def _set(cfg: Config, key: str, value: Any, problems: list[str], where: str) -> None:
+    section, _, name = key.partition(".")
+    sub = getattr(cfg, section, None) if section in {f.name for f in dataclasses.fields(cfg)} else None
+    if sub is None or not name or name not in {f.name for f in dataclasses.fields(sub)}:
+        problems.append(f"{_unknown(key, keys(cfg))} in {where}")
+        return
+    try:
+        setattr(sub, name, _coerce(value, _hints(type(sub))[name], key))
+    except ValueError as e:
+        problems.append(f"{e} in {where}")
+
+
+def _flatten(tree: Any, where: str, problems: list[str], prefix: str = "") -> dict[str, Any]:
+    if not isinstance(tree, dict):
+        problems.append(f"{where}: expected a mapping of sections, got {type(tree).__name__}")
+        return {}
+    flat: dict[str, Any] = {}
+    for k, v in tree.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and "." not in key and k != "space":
+            flat.update(_flatten(v, where, problems, key + "."))
+        else:
+            flat[key] = v
+    return flat
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["train.lr=3e-4", "run.dir=/tmp/r"]`` -> ``{"train.lr": 0.0003, ...}`` (YAML-typed values)."""
+    out: dict[str, Any] = {}
+    problems = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            problems.append(f"override '{item}' is not key=value")
+            continue
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    if problems:
+        raise InputError(problems)
+    return out
+
+
+def apply(cfg: Config, values: dict[str, Any], where: str = "overrides") -> Config:
+    """A copy of ``cfg`` with dotted ``values`` applied; every bad key/value reported at once."""
+    cfg = copy.deepcopy(cfg)
+    problems: list[str] = []
+    for key, value in values.items():
+        _set(cfg, key, value, problems, where)
+    if problems:
+        raise InputError(problems)
+    return cfg
+
+
+def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``overrides``; validated."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        loc = f" line {mark.line + 1}" if mark else ""
+        raise InputError(f"{path}{loc}: not valid YAML") from None
+    problems: list[str] = []
+    flat = _flatten(tree, str(path), problems)
+    cfg = Config()
+    for key, value in flat.items():
+        _set(cfg, key, value, problems, str(path))
+    if isinstance(overrides, list):
+        overrides = parse_overrides(overrides)
+    for key, value in (overrides or {}).items():
+        _set(cfg, key, value, problems, "command line")
+    if problems:
+        raise InputError(problems)
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Nested plain dict (what YAML files hold)."""
+    return dataclasses.asdict(cfg)
+
+
+def flat(cfg: Config) -> dict[str, Any]:
+    """Flat ``{dotted key: value}`` without the search space."""
+    d = to_dict(cfg)
+    return {f"{s}.{k}": v for s, sub in d.items() for k, v in sub.items() if k != "space"}
+
+
+def save(cfg: Config, path: str | Path) -> Path:
+    """Write the complete resolved config as YAML (loadable by :func:`load`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    tmp.replace(path)
+    return path
+
+
+def _check_choice(problems: list[str], key: str, value: str, choices: list[str] | tuple[str, ...]) -> None:
+    if value not in choices:
+        close = difflib.get_close_matches(value, list(choices), n=3, cutoff=0.5)
+        hint = f" (closest: {', '.join(close)})" if close else ""
+        problems.append(f"{key}: unknown '{value}'{hint}; choose from [{', '.join(sorted(choices))}]")
+
+
+def value_problems(cfg: Config) -> list[str]:
+    """Every invalid value in ``cfg`` (names resolved against the registries)."""
+    from maskclf import engine, faces, losses, model, transforms  # registries; torch-heavy, loaded late
+
+    p: list[str] = []
+    _check_choice(p, "faces.method", cfg.faces.method, list(faces.METHODS))
+    _check_choice(p, "model.head", cfg.model.head, list(model.HEADS))
+    _check_choice(p, "train.augment", cfg.train.augment, list(transforms.PRESETS))
+    _check_choice(p, "train.loss", cfg.train.loss, list(losses.LOSSES))
+    _check_choice(p, "train.sampler", cfg.train.sampler, ["none", "weighted"])
+    _check_choice(p, "train.optimizer", cfg.train.optimizer, engine.optimizer_names())
+    _check_choice(p, "train.scheduler", cfg.train.scheduler, list(engine.SCHEDULERS))
+    err = model.backbone_problem(cfg.model.backbone)
+    if err:
+        p.append(f"model.backbone: {err}")
+    if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).is_file():
+        p.append(f"model.pretrained_file: file not found: {cfg.model.pretrained_file}")
+    if cfg.data.corrections and not Path(cfg.data.corrections).is_file():
+        p.append(f"data.corrections: file not found: {cfg.data.corrections}")
+    positive = {
+        "train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
+        "train.image_size": cfg.train.image_size, "train.lr": cfg.train.lr,
+        "faces.size": cfg.faces.size, "faces.batch_size": cfg.faces.batch_size,
+        "search.num_samples": cfg.search.num_samples, "search.max_concurrent": cfg.search.max_concurrent,
+        "search.cpus_per_trial": cfg.search.cpus_per_trial,
+    }
+    p += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
+    if cfg.folds.n < 2:
+        p.append(f"folds.n must be >= 2, got {cfg.folds.n}")
+    if not 0 <= cfg.folds.fold < max(cfg.folds.n, 1):
+        p.append(f"folds.fold must be in 0..{cfg.folds.n - 1}, got {cfg.folds.fold}")
+    if not 31 <= cfg.data.age_old <= 90:
+        p.append(f"data.age_old must be in 31..90, got {cfg.data.age_old}")
+    if cfg.search.gpus_per_trial < 0:
+        p.append(f"search.gpus_per_trial must be >= 0, got {cfg.search.gpus_per_trial}")
+    if cfg.search.reduction_factor < 2:
+        p.append(f"search.reduction_factor must be >= 2, got {cfg.search.reduction_factor}")
+    return p
+
+
+def validate(cfg: Config) -> Config:
+    """Raise InputError listing every bad value."""
+    problems = value_problems(cfg)
+    if problems:
+        raise InputError(problems)
+    return cfg
+
+
+def run_dir(cfg: Config) -> Path:
+    return Path(cfg.run.dir).expanduser()
+
+
+def cache_dir(cfg: Config) -> Path:
+    return Path(cfg.faces.cache_dir).expanduser() if cfg.faces.cache_dir else run_dir(cfg) / "cache"

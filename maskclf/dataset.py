@@ -1,0 +1,99 @@
+"""Everything a run needs before training: the dataset (the demo one made on first use),
+validated tables, and the face-crop cache, computed once and shared by every later run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from maskclf import config as config_mod
+from maskclf import data, faces, folds
+from maskclf.config import Config
+from maskclf.engine import Samples, resolve_device
+from maskclf.errors import InputError
+
+
+@dataclass
+class Prepared:
+    """Validated tables and their face crops (row i of a table is crop i)."""
+
+    train: pd.DataFrame
+    train_crops: faces.FaceCrops
+    eval: pd.DataFrame | None = None
+    eval_crops: faces.FaceCrops | None = None
+    answers: pd.Series | None = None
+
+    def samples(self, rows: np.ndarray, age_old: int = 60) -> Samples:
+        """Crops and labels of train rows; ``age_old`` only for training labels."""
+        return Samples(np.asarray(self.train_crops.images[rows]), data.labels(self.train.iloc[rows], age_old))
+
+    def fold(self, cfg: Config, fold: int | None = None) -> tuple[Samples, Samples]:
+        """(train, val) samples of a fold: training labels use data.age_old, validation the real 30/60."""
+        k = cfg.folds.fold if fold is None else fold
+        tr, va = folds.split(self.train, k, cfg.folds.n, cfg.folds.seed)
+        return self.samples(tr, cfg.data.age_old), self.samples(va)
+
+
+def ensure_demo(cfg: Config, log: Callable[[str], None] = print) -> Path:
+    """Generate the demo dataset at data.root when it is missing and the config allows it."""
+    root = Path(cfg.data.root).expanduser()
+    if (root / "train" / "train.csv").is_file() or not cfg.data.demo:
+        return root
+    if root.exists() and any(root.iterdir()):
+        raise InputError(f"data.root {root} exists but holds no train/train.csv; point data.root at a dataset "
+                         f"or at a new folder for the demo dataset")
+    from maskclf import synth
+
+    log(f"generating the demo dataset at {root} ({cfg.data.demo_people} train + "
+        f"{cfg.data.demo_eval_people} eval people, seed {cfg.data.demo_seed})")
+    tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")  # generated aside, then renamed: never half a dataset
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        synth.generate(tmp, cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed)
+        root.parent.mkdir(parents=True, exist_ok=True)
+        if root.exists():
+            root.rmdir()
+        tmp.rename(root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _crops(cfg: Config, paths: list[str], log: Callable[[str], None], progress: bool) -> faces.FaceCrops:
+    f = cfg.faces
+    return faces.build_crop_cache(
+        paths, config_mod.cache_dir(cfg), method=f.method, size=f.size, margin=f.margin,
+        batch_size=f.batch_size, device=str(resolve_device(f.device)), progress=progress, log=log,
+    )
+
+
+def prepare(cfg: Config, *, need_eval: bool = False, log: Callable[[str], None] = print,
+            progress: bool = True) -> Prepared:
+    """Validate the dataset (every problem at once) and load or build its face crops."""
+    root = ensure_demo(cfg, log)
+    problems: list[str] = []
+    train = ev = None
+    try:
+        train = data.read_train(root, cfg.data.corrections or None, cfg.data.check_images)
+    except InputError as e:
+        problems += e.problems
+    if need_eval:
+        try:
+            ev = data.read_eval(root, cfg.data.check_images)
+        except InputError as e:
+            problems += e.problems
+    if problems:
+        raise InputError(problems)
+    log(f"dataset {root}: " + ", ".join(f"{k}={v}" for k, v in data.summary(train).items()))
+    prepared = Prepared(train, _crops(cfg, train["path"].tolist(), log, progress))
+    if ev is not None:
+        prepared.eval = ev
+        prepared.eval_crops = _crops(cfg, ev["path"].tolist(), log, progress)
+        prepared.answers = data.read_answers(root)
+    return prepared

@@ -1,0 +1,268 @@
+"""A plain PyTorch training loop: ``fit(cfg, train, val, report)``.
+
+No search framework in here. Callers turn ``report(metrics, checkpoint_dir)`` into
+whatever they need (a progress line, ``ray.tune.report``, an MLflow metric); pruning
+belongs to the caller's scheduler, which simply stops calling back.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import timm.optim
+import timm.scheduler
+import torch
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from tqdm import tqdm
+
+from maskclf import config as config_mod
+from maskclf import losses, metrics, model as model_mod, transforms
+from maskclf.config import Config
+from maskclf.labels import NUM_CLASSES
+
+SCHEDULERS = ("none", "cosine", "step", "multistep", "plateau", "poly", "tanh")
+STATE_FILE = "state.pt"
+Report = Callable[[dict, Path], None]
+
+
+@dataclass
+class Samples:
+    """Face crops (N x S x S x 3 uint8) and their 18-class labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+class CropDataset(Dataset):
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.transform(image=np.asarray(self.images[i]))["image"], int(self.labels[i])
+
+
+def optimizer_names() -> list[str]:
+    return list(timm.optim.list_optimizers())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}' asked for, but torch sees no CUDA GPU")
+    return torch.device(name)
+
+
+def _scheduler(opt: torch.optim.Optimizer, t, updates_per_epoch: int):
+    if t.scheduler == "none":
+        return None
+    if t.scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler '{t.scheduler}'; choose from {list(SCHEDULERS)}")
+    third = max(1, t.epochs // 3)
+    sched, _ = timm.scheduler.create_scheduler_v2(
+        opt,
+        sched=t.scheduler,
+        num_epochs=t.epochs,
+        decay_epochs=t.decay_epochs,
+        decay_milestones=[third, 2 * third],
+        patience_epochs=t.decay_epochs,
+        decay_rate=t.decay_rate,
+        min_lr=t.min_lr,
+        warmup_lr=t.lr * 0.01,
+        warmup_epochs=t.warmup_epochs,
+        plateau_mode="max",
+        step_on_epochs=t.scheduler == "plateau",  # others warm up and decay smoothly per batch
+        updates_per_epoch=updates_per_epoch,
+    )
+    return sched
+
+
+def _loader(samples: Samples, tf, batch_size: int, workers: int, sampler=None, shuffle=False) -> DataLoader:
+    return DataLoader(
+        CropDataset(samples.images, samples.labels, tf),
+        batch_size=batch_size,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=workers > 0,
+        drop_last=False,
+    )
+
+
+def _amp(device: torch.device, enabled: bool):
+    if device.type != "cuda" or not enabled:
+        return torch.autocast(device_type=device.type, enabled=False), None
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast(device_type="cuda", dtype=dtype), scaler
+
+
+@torch.no_grad()
+def predict_probs(net: torch.nn.Module, loader: DataLoader, device: torch.device, amp: bool = True) -> np.ndarray:
+    """Softmax probabilities (N x 18) over a loader, in order."""
+    net.eval()
+    ctx, _ = _amp(device, amp)
+    out = []
+    for x, _ in loader:
+        x = x.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with ctx:
+            out.append(net(x).float().softmax(1).cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, NUM_CLASSES), np.float32)
+
+
+def _save(path: Path, cfg: Config, state: dict) -> None:
+    """Write a checkpoint folder atomically: a crash never leaves a half-written one."""
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(state, tmp / STATE_FILE)
+    config_mod.save(cfg, tmp / "config.yaml")
+    old = path.with_name(path.name + ".old")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_state(checkpoint_dir: Path) -> dict:
+    """The saved state of a checkpoint folder (raises on a missing or corrupt file)."""
+    return torch.load(Path(checkpoint_dir) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def build_model(cfg: Config) -> model_mod.MaskNet:
+    m = cfg.model
+    return model_mod.create(
+        m.backbone, head=m.head, pretrained=m.pretrained, pretrained_file=m.pretrained_file, drop_rate=m.drop_rate
+    )
+
+
+def fit(
+    cfg: Config,
+    train: Samples,
+    val: Samples,
+    report: Report | None = None,
+    *,
+    out_dir: str | Path,
+    resume: str | Path | None = None,
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train ``cfg.train.epochs`` epochs; after each, evaluate on ``val``, checkpoint and ``report``.
+
+    The checkpoint (weights, optimizer, scheduler, history, resolved config) is rewritten
+    each epoch under ``out_dir/checkpoint``. ``resume`` continues from such a folder; an
+    unreadable one is reported and training starts over. Returns the last epoch's metrics
+    with ``history`` (every epoch's metrics).
+    """
+    t = cfg.train
+    torch.manual_seed(t.seed)
+    if t.threads > 0:
+        torch.set_num_threads(t.threads)
+    device = resolve_device(t.device)
+    out_dir = Path(out_dir)
+    ckpt = out_dir / "checkpoint"
+
+    net = build_model(cfg).to(device)
+    mean, std = model_mod.normalization(net)
+    if device.type == "cuda" and t.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    sampler = None
+    counts = np.bincount(train.labels, minlength=NUM_CLASSES)
+    if t.sampler == "weighted":
+        w = 1.0 / np.maximum(counts, 1)[train.labels]
+        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(w),
+                                        generator=torch.Generator().manual_seed(t.seed))
+    train_tf = transforms.build(t.augment, size=t.image_size, mean=mean, std=std, train=True, seed=t.seed)
+    eval_tf = transforms.build("none", size=t.image_size, mean=mean, std=std, train=False)
+    train_dl = _loader(train, train_tf, t.batch_size, t.num_workers, sampler, shuffle=True)
+    val_dl = _loader(val, eval_tf, t.batch_size * 2, t.num_workers)
+    criterion = losses.create(t.loss, counts, label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma).to(device)
+    opt = timm.optim.create_optimizer_v2(net, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
+                                         momentum=t.momentum)
+    sched = _scheduler(opt, t, len(train_dl))
+    ctx, scaler = _amp(device, t.amp)
+
+    start, history = 0, []
+    if resume is not None:
+        try:
+            state = load_state(Path(resume))
+            net.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            if sched is not None and state.get("scheduler"):
+                sched.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["rng"])
+            start, history = state["epoch"] + 1, state["history"]
+            log(f"resumed from {resume} after epoch {start}")
+        except Exception as e:  # a corrupt or partial checkpoint must not end a long search
+            warnings.warn(f"checkpoint {resume} unreadable ({type(e).__name__}: {e}); starting over")
+
+    updates = start * len(train_dl)
+    for epoch in range(start, t.epochs):
+        net.train()
+        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        bar = tqdm(train_dl, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not progress)
+        for x, y in bar:
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if device.type == "cuda" and t.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with ctx:
+                loss = criterion(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+            else:
+                loss.backward()
+                opt.step()
+            updates += 1
+            if sched is not None:
+                sched.step_update(updates)
+            loss_sum += float(loss) * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        train_time = time.perf_counter() - t0
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training loss is {loss_sum} at epoch {epoch + 1} (lr {t.lr:g} too high?)")
+        probs = predict_probs(net, val_dl, device, t.amp)
+        m = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), **metrics.scores(probs, val.labels),
+             "lr": opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t0,
+             "images_per_s": seen / max(train_time, 1e-9)}
+        if sched is not None:
+            sched.step(epoch + 1, m["val_f1"])
+        history.append(m)
+        _save(ckpt, cfg, {"model": net.state_dict(), "optimizer": opt.state_dict(),
+                          "scheduler": sched.state_dict() if sched is not None else None,
+                          "rng": torch.get_rng_state(), "epoch": epoch, "history": history})
+        if report is not None:
+            report(dict(m), ckpt)
+    final = dict(history[-1]) if history else {}
+    final["history"] = history
+    return final
+
+
+def load_model(checkpoint_dir: str | Path, device: str = "cpu") -> tuple[model_mod.MaskNet, Config]:
+    """Rebuild a trained model (eval mode) and its config from a checkpoint folder."""
+    checkpoint_dir = Path(checkpoint_dir)
+    # weights come from the checkpoint: never download or read the original pretrained file
+    cfg = config_mod.load(checkpoint_dir / "config.yaml", {"model.pretrained": False, "model.pretrained_file": ""})
+    net = build_model(cfg)
+    net.load_state_dict(load_state(checkpoint_dir)["model"])
+    return net.to(resolve_device(device)).eval(), cfg

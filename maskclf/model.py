@@ -1,0 +1,77 @@
+"""timm backbones by name, with a joint 18-way head or mask / gender / age heads."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+from maskclf.labels import NUM_CLASSES
+
+HEADS = ("joint", "multitask")
+
+
+def backbone_problem(name: str) -> str | None:
+    """None if timm knows ``name``, else a message suggesting the closest names."""
+    if timm.is_model(name):
+        return None
+    close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
+    hint = f"; closest: {', '.join(close)}" if close else "; see timm.list_models()"
+    return f"unknown timm backbone '{name}'{hint}"
+
+
+class MaskNet(nn.Module):
+    """Backbone features -> 18 logits.
+
+    The multitask head predicts mask (3), gender (2) and age (3) separately and returns
+    ``log p(mask) + log p(gender) + log p(age)`` for each of the 18 combinations, so every
+    loss and metric works on 18 outputs either way (cross-entropy on them is exactly the
+    sum of the three tasks' cross-entropies).
+    """
+
+    def __init__(self, backbone: nn.Module, head: str, drop_rate: float = 0.0):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"unknown head '{head}'; choose from {list(HEADS)}")
+        self.backbone = backbone
+        self.head_kind = head
+        self.dropout = nn.Dropout(drop_rate)
+        self.head = nn.Linear(backbone.num_features, NUM_CLASSES if head == "joint" else 3 + 2 + 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.dropout(self.backbone(x)))
+        if self.head_kind == "joint":
+            return out
+        m, g, a = out.float().split((3, 2, 3), dim=1)
+        m, g, a = m.log_softmax(1), g.log_softmax(1), a.log_softmax(1)
+        # label = mask * 6 + gender * 3 + age -> broadcast to (N, 3, 2, 3) then flatten in that order
+        return (m[:, :, None, None] + g[:, None, :, None] + a[:, None, None, :]).flatten(1)
+
+
+def create(
+    backbone: str,
+    *,
+    head: str = "joint",
+    pretrained: bool = False,
+    pretrained_file: str | Path = "",
+    drop_rate: float = 0.0,
+) -> MaskNet:
+    """Build a :class:`MaskNet`; ``pretrained_file`` loads local weights (no internet needed)."""
+    problem = backbone_problem(backbone)
+    if problem:
+        raise ValueError(problem)
+    kwargs = {}
+    if pretrained_file:
+        pretrained = True
+        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
+    net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **kwargs)
+    return MaskNet(net, head, drop_rate)
+
+
+def normalization(net: MaskNet) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The backbone's own mean and std (ImageNet's for most timm models)."""
+    cfg = timm.data.resolve_model_data_config(net.backbone)
+    return tuple(cfg["mean"]), tuple(cfg["std"])

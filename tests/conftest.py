@@ -1,0 +1,73 @@
+"""Shared fixtures: tiny datasets in the real layout and the smoke config, shrunk further."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from maskclf import config
+from maskclf.labels import STEM_TO_MASK
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "conf" / "smoke.yaml"
+
+
+def write_person(images: Path, folder: str, exts=(".jpg",), size=(48, 64), seed=0) -> None:
+    """Seven small photos of one person in the competition's folder layout."""
+    rng = np.random.default_rng(seed)
+    d = images / folder
+    d.mkdir(parents=True)
+    for i, stem in enumerate(STEM_TO_MASK):
+        arr = rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(arr).save(d / f"{stem}{exts[i % len(exts)]}")
+
+
+def write_layout(root: Path, people: list[tuple[str, str, int]], eval_images: int = 3) -> Path:
+    """A minimal dataset in the competition layout: people = [(id, gender, age), ...]."""
+    images = root / "train" / "images"
+    images.mkdir(parents=True)
+    with open(root / "train" / "train.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "gender", "race", "age", "path"])
+        for k, (pid, gender, age) in enumerate(people):
+            folder = f"{pid}_{gender}_Asian_{age}"
+            w.writerow([pid, gender, "Asian", age, folder])
+            write_person(images, folder, exts=(".jpg", ".jpeg", ".png"), seed=k)
+    ev = root / "eval" / "images"
+    ev.mkdir(parents=True)
+    with open(root / "eval" / "info.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ImageID", "ans"])
+        for k in range(eval_images):
+            name = f"{k:040x}.jpg"
+            Image.fromarray(np.full((64, 48, 3), 30 * k, np.uint8)).save(ev / name)
+            w.writerow([name, 0])
+    return root
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> Path:
+    people = [("000001", "female", 45), ("000002", "male", 22), ("000003", "female", 60), ("001498-1", "male", 33)]
+    return write_layout(tmp_path / "data", people)
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory) -> Path:
+    """The smoke config's demo dataset, generated once per test session."""
+    from maskclf import synth
+
+    root = tmp_path_factory.mktemp("smoke") / "data"
+    cfg = config.load(SMOKE)
+    synth.generate(root, cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed, progress=False)
+    return root
+
+
+@pytest.fixture
+def smoke_cfg(smoke_data: Path, tmp_path: Path) -> config.Config:
+    """The real smoke config pointed at the session's dataset and a fresh run dir."""
+    return config.load(SMOKE, {"data.root": str(smoke_data), "run.dir": str(tmp_path / "runs"),
+                               "faces.cache_dir": str(smoke_data.parent / "cache")})

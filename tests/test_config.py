@@ -1,0 +1,82 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maskclf import config
+from maskclf.errors import InputError
+
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
+@pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_file_loads(path):
+    cfg = config.load(path)
+    assert cfg.train.epochs > 0
+    for key in cfg.search.space:
+        assert key in config.keys(), f"{path.name}: search space key {key} is not a config key"
+
+
+def test_overrides_are_typed():
+    cfg = config.load(CONF / "smoke.yaml", ["train.lr=3e-4", "train.epochs=3", "model.pretrained=true",
+                                            "run.dir=/tmp/x", "run.study=123"])
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.train.epochs == 3 and cfg.model.pretrained is True
+    assert cfg.run.dir == "/tmp/x" and cfg.run.study == "123"
+
+
+def test_every_bad_key_and_value_reported_at_once():
+    with pytest.raises(InputError) as e:
+        config.load(CONF / "smoke.yaml", ["train.lrr=1", "train.epochs=two", "model.backbone=resnet1800",
+                                          "train.optimizer=adamx", "nosection.x=1", "train.pretrained=true"])
+    msg = e.value.message()
+    assert "unknown key 'train.lrr'" in msg and "did you mean train.lr" in msg
+    assert "train.epochs must be an integer" in msg
+    assert "unknown key 'nosection.x'" in msg
+    assert "did you mean model.pretrained" in msg
+
+
+def test_bad_names_suggest_closest():
+    with pytest.raises(InputError) as e:
+        config.load(CONF / "smoke.yaml", ["model.backbone=resnet1800", "train.optimizer=adamx", "train.loss=focall"])
+    msg = e.value.message()
+    assert "unknown timm backbone 'resnet1800'" in msg and "resnet18" in msg
+    assert "train.optimizer: unknown 'adamx'" in msg
+    assert "train.loss: unknown 'focall'" in msg and "focal" in msg
+
+
+def test_unknown_key_in_yaml_names_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lrate: 0.1\n")
+    with pytest.raises(InputError, match=r"unknown key 'train.lrate'.*c.yaml"):
+        config.load(p)
+
+
+def test_save_and_load_roundtrip(tmp_path):
+    cfg = config.load(CONF / "search.yaml", ["train.lr=0.05", "data.age_old=58"])
+    again = config.load(config.save(cfg, tmp_path / "c.yaml"))
+    assert again == cfg
+
+
+def test_apply_dotted_values_copies():
+    cfg = config.load(CONF / "smoke.yaml")
+    new = config.apply(cfg, {"train.lr": 0.1, "model.head": "multitask"})
+    assert new.train.lr == 0.1 and new.model.head == "multitask" and cfg.model.head == "joint"
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "maskclf.train", "--config", str(CONF / "smoke.yaml"),
+                        "train.lrr=1", "train.epochs=x", f"run.dir={tmp_path}"], capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.lrr" in lines[0] and "train.epochs" in lines[0]
+    assert "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())
+
+
+def test_maskclf_imports_no_search_frameworks():
+    code = ("import sys, maskclf.train, maskclf.engine, maskclf.dataset, maskclf.synth, maskclf.faces;"
+            "bad = [m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -1,0 +1,105 @@
+import numpy as np
+import pytest
+import torch
+
+from maskclf import config, engine, losses, model
+from maskclf.engine import Samples
+from maskclf.labels import NUM_CLASSES
+from tests.conftest import SMOKE
+
+
+def _easy_samples(n_per_class=6, size=16, seed=0) -> Samples:
+    """Each class a distinct colour pattern plus noise: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(NUM_CLASSES), n_per_class)
+    base = rng.integers(0, 255, (NUM_CLASSES, 1, 1, 3))
+    x = np.clip(base[y] + rng.normal(0, 12, (len(y), size, size, 3)), 0, 255).astype(np.uint8)
+    return Samples(x, y)
+
+
+def _cfg(tmp_path, **over):
+    values = {"train.epochs": 4, "train.image_size": 16, "train.augment": "none", "train.lr": 0.01,
+              "train.batch_size": 32, "train.scheduler": "cosine", "run.dir": str(tmp_path)}
+    values.update(over)
+    return config.load(SMOKE, values)
+
+
+def test_short_fit_learns_and_reports_each_epoch(tmp_path):
+    cfg = _cfg(tmp_path)
+    seen = []
+    res = engine.fit(cfg, _easy_samples(), _easy_samples(seed=0), lambda m, d: seen.append((m, d)),
+                     out_dir=tmp_path / "run")
+    assert [m["epoch"] for m, _ in seen] == [1, 2, 3, 4]
+    assert res["history"][-1]["train_loss"] < res["history"][0]["train_loss"]
+    assert res["val_f1"] > 0.5  # chance is 1/18
+    for key in ("val_f1", "val_loss", "train_loss", "lr", "epoch_time", "images_per_s", "mask_acc", "age_acc"):
+        assert key in res
+    assert (seen[-1][1] / "state.pt").is_file() and (seen[-1][1] / "config.yaml").is_file()
+
+
+def test_resume_continues_after_the_last_epoch(tmp_path):
+    cfg = _cfg(tmp_path, **{"train.epochs": 2})
+    engine.fit(cfg, _easy_samples(), _easy_samples(), out_dir=tmp_path / "run")
+    cfg4 = config.apply(cfg, {"train.epochs": 4})
+    seen = []
+    res = engine.fit(cfg4, _easy_samples(), _easy_samples(), lambda m, d: seen.append(m["epoch"]),
+                     out_dir=tmp_path / "run", resume=tmp_path / "run" / "checkpoint")
+    assert seen == [3, 4]
+    assert [m["epoch"] for m in res["history"]] == [1, 2, 3, 4]
+
+
+def test_corrupt_checkpoint_starts_over_with_warning(tmp_path):
+    cfg = _cfg(tmp_path, **{"train.epochs": 1})
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "state.pt").write_bytes(b"garbage")
+    with pytest.warns(UserWarning, match="unreadable"):
+        res = engine.fit(cfg, _easy_samples(), _easy_samples(), out_dir=tmp_path / "run", resume=bad)
+    assert [m["epoch"] for m in res["history"]] == [1]
+
+
+def test_load_model_predicts_like_the_trained_one(tmp_path):
+    cfg = _cfg(tmp_path, **{"train.epochs": 1})
+    s = _easy_samples()
+    engine.fit(cfg, s, s, out_dir=tmp_path / "run")
+    net, cfg2 = engine.load_model(tmp_path / "run" / "checkpoint")
+    assert cfg2.model.backbone == cfg.model.backbone
+    x = torch.randn(2, 3, 16, 16)
+    assert net(x).shape == (2, NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", sorted(losses.LOSSES))
+def test_every_loss_trains(tmp_path, name):
+    res = engine.fit(_cfg(tmp_path, **{"train.loss": name, "train.epochs": 1}), _easy_samples(), _easy_samples(),
+                     out_dir=tmp_path / "run")
+    assert np.isfinite(res["train_loss"])
+
+
+@pytest.mark.parametrize("sched", [s for s in engine.SCHEDULERS])
+@pytest.mark.parametrize("opt", ["adamw", "adam", "sgd"])
+def test_optimizers_and_schedulers(tmp_path, opt, sched):
+    cfg = _cfg(tmp_path, **{"train.optimizer": opt, "train.scheduler": sched, "train.epochs": 2,
+                            "train.warmup_epochs": 0.5, "train.decay_epochs": 1})
+    res = engine.fit(cfg, _easy_samples(2), _easy_samples(1), out_dir=tmp_path / "run")
+    assert len(res["history"]) == 2 and res["lr"] > 0
+
+
+@pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet", "test_vit"])
+@pytest.mark.parametrize("head", model.HEADS)
+def test_backbones_and_heads(backbone, head):
+    net = model.create(backbone, head=head)
+    out = net(torch.randn(3, 3, 32, 32) if backbone != "test_vit" else torch.randn(3, 3, 160, 160))
+    assert out.shape == (3, NUM_CLASSES)
+    if head == "multitask":  # log-probabilities over the 18 combinations sum to one
+        assert torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-5)
+
+
+def test_weighted_sampler_and_multitask(tmp_path):
+    cfg = _cfg(tmp_path, **{"train.sampler": "weighted", "model.head": "multitask", "train.epochs": 3})
+    res = engine.fit(cfg, _easy_samples(), _easy_samples(), out_dir=tmp_path / "run")
+    assert res["val_f1"] > 0.3
+
+
+def test_unknown_backbone_suggests():
+    with pytest.raises(ValueError, match="closest: .*resnet18"):
+        model.create("resnet1800")
