@@ -149,7 +149,9 @@ def keys(cfg: Config | None = None) -> list[str]:
 
 
 def _unknown(key: str, known: list[str]) -> str:
-    close = difflib.get_close_matches(key, known, n=3, cutoff=0.6)
+    leaf = key.rpartition(".")[2]
+    moved = [k for k in known if k.rpartition(".")[2] == leaf]  # right name, wrong section
+    close = moved or difflib.get_close_matches(key, known, n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return f"unknown key '{key}'{hint}"
 

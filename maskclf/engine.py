@@ -66,9 +66,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class _Plateau:
+    """Reduce the lr when val F1 stalls, with its counters saved in checkpoints.
+
+    (timm's plateau scheduler is deprecated and keeps no state across a resume.)
+    """
+
+    def __init__(self, opt: torch.optim.Optimizer, patience: int, factor: float, min_lr: float):
+        self.inner = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=factor,
+                                                                patience=patience, min_lr=min_lr)
+
+    def step_update(self, num_updates: int) -> None:
+        pass
+
+    def step(self, epoch: int, metric: float) -> None:
+        self.inner.step(metric)
+
+    def state_dict(self) -> dict:
+        return self.inner.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.inner.load_state_dict(state)
+
+
 def _scheduler(opt: torch.optim.Optimizer, t, updates_per_epoch: int):
     if t.scheduler == "none":
         return None
+    if t.scheduler == "plateau":
+        return _Plateau(opt, t.decay_epochs, t.decay_rate, t.min_lr)
     if t.scheduler not in SCHEDULERS:
         raise ValueError(f"unknown scheduler '{t.scheduler}'; choose from {list(SCHEDULERS)}")
     third = max(1, t.epochs // 3)
@@ -78,13 +103,11 @@ def _scheduler(opt: torch.optim.Optimizer, t, updates_per_epoch: int):
         num_epochs=t.epochs,
         decay_epochs=t.decay_epochs,
         decay_milestones=[third, 2 * third],
-        patience_epochs=t.decay_epochs,
         decay_rate=t.decay_rate,
         min_lr=t.min_lr,
         warmup_lr=t.lr * 0.01,
         warmup_epochs=t.warmup_epochs,
-        plateau_mode="max",
-        step_on_epochs=t.scheduler == "plateau",  # others warm up and decay smoothly per batch
+        step_on_epochs=False,  # warm up and decay smoothly per batch, not in epoch-sized jumps
         updates_per_epoch=updates_per_epoch,
     )
     return sched
@@ -235,7 +258,7 @@ def fit(
             updates += 1
             if sched is not None:
                 sched.step_update(updates)
-            loss_sum += float(loss) * len(y)
+            loss_sum += loss.item() * len(y)
             seen += len(y)
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
         train_time = time.perf_counter() - t0

@@ -1,0 +1,1 @@
+"""The Ray Tune + Optuna + MLflow layer over the maskclf core (which never imports it)."""

@@ -1,0 +1,123 @@
+"""A Tune callback on the driver that mirrors every trial into MLflow as a child of the search run.
+
+Logging from the driver means worker nodes never need to reach the tracking server,
+and a resumed search finds its runs again by tag instead of logging them twice.
+A tracking failure mid-search is a warning, never the end of the search.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import pandas as pd
+import yaml
+from ray import tune
+
+from maskclf import config as config_mod
+from maskclf.config import Config
+from search.tracking import Tracker, run_name, trial_params
+
+SHOWN = ("val_f1", "val_loss", "train_loss", "val_acc", "mask_acc", "gender_acc", "age_acc", "lr",
+         "epoch_time", "images_per_s")
+
+
+class MlflowTrials(tune.Callback):
+    def __init__(self, uri: str, cfg: Config, dataset_summary: dict | None = None):
+        self.uri, self.cfg, self.summary = uri, cfg, dataset_summary or {}
+        self._tracker: Tracker | None = None
+        self.parent: str | None = None
+        self.runs: dict[str, str] = {}
+        self._warned = False
+
+    def __getstate__(self):  # Tune pickles callbacks with the experiment; a client does not travel
+        state = dict(self.__dict__)
+        state["_tracker"] = None
+        return state
+
+    @property
+    def tracker(self) -> Tracker:
+        if self._tracker is None:
+            self._tracker = Tracker(self.uri, self.cfg.run.study)
+        return self._tracker
+
+    def _safe(self, what: str, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # the search must outlive a tracking outage
+            if not self._warned:
+                warnings.warn(f"MLflow logging failed ({what}: {type(e).__name__}: {e}); the search goes on")
+                self._warned = True
+            return None
+
+    def _parent(self) -> str:
+        if self.parent is None:
+            s = self.cfg.search
+            params = {"num_samples": s.num_samples, "max_concurrent": s.max_concurrent, "max_epochs": self.cfg.train.epochs,
+                      "grace_period": s.grace_period, "reduction_factor": s.reduction_factor, "seed": s.seed,
+                      "searcher": "optuna-tpe", "scheduler": "asha", "cpus_per_trial": s.cpus_per_trial,
+                      "gpus_per_trial": s.gpus_per_trial, **{f"data.{k}": v for k, v in self.summary.items()},
+                      **{f"space.{k}": yaml.safe_dump(v, default_flow_style=True).strip() for k, v in s.space.items()}}
+            self.parent = self.tracker.start("search", f"search · {self.cfg.run.study}", params=params)
+            self.tracker.log_text(self.parent, yaml.safe_dump(config_mod.to_dict(self.cfg), sort_keys=False),
+                                  "study_config.yaml")
+        return self.parent
+
+    def setup(self, **info) -> None:
+        self._safe("search run", self._parent)
+
+    def _trial_run(self, trial) -> str:
+        if trial.trial_id not in self.runs:
+            cfg = config_mod.apply(self.cfg, trial.config, where="trial parameters")
+            number = int(trial.trial_id.rsplit("_", 1)[-1]) + 1 if "_" in trial.trial_id else 0
+            params = {**trial_params(cfg), "trial_id": trial.trial_id}
+            self.runs[trial.trial_id] = self.tracker.start("trial", run_name(cfg, f"#{number}"), key=trial.trial_id,
+                                                           parent=self._parent(), params=params)
+        return self.runs[trial.trial_id]
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._safe("trial start", self._trial_run, trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        def log():
+            self.tracker.log_metrics(self._trial_run(trial), {k: result[k] for k in SHOWN if k in result},
+                                     step=int(result.get("epoch", 0)))
+        self._safe("trial result", log)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        def done():
+            run = self._trial_run(trial)
+            epochs = (trial.last_result or {}).get("epoch", 0)
+            self.tracker.set_tags(run, {"epochs": epochs,
+                                        "outcome": "full budget" if epochs >= self.cfg.train.epochs else "stopped by ASHA"})
+            self.tracker.finish(run, "FINISHED")
+        self._safe("trial end", done)
+
+    def on_trial_recover(self, iteration, trials, trial, **info) -> None:
+        self._safe("trial retry", lambda: self.tracker.set_tags(self._trial_run(trial), {"retried": "yes"}))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        def failed():
+            run = self._trial_run(trial)
+            reason = getattr(trial, "error_file", None)
+            text = Path(reason).read_text()[-4000:] if reason and Path(reason).is_file() else "see the Tune logs"
+            self.tracker.set_tags(run, {"error": text.strip().splitlines()[-1] if text.strip() else "unknown"})
+            self.tracker.finish(run, "FAILED")
+        self._safe("trial error", failed)
+
+    def close_search(self, table: pd.DataFrame, best_config: Path) -> None:
+        """Log the trials table, the best config and its score on the search run, and finish it."""
+        def close():
+            parent = self._parent()
+            buf = io.StringIO()
+            table.to_csv(buf, index=False)
+            self.tracker.log_text(parent, buf.getvalue(), "trials.csv")
+            self.tracker.log_artifact(parent, best_config)
+            best = table.dropna(subset=["best_val_f1"]).iloc[0]
+            self.tracker.log_metrics(parent, {"best_val_f1": best["best_val_f1"], "trials": len(table),
+                                              "trials_full_budget": int((table["status"] == "done").sum()),
+                                              "trials_failed": int((table["status"] == "error").sum())})
+            self.tracker.set_tags(parent, {f"best.{k}": best[k] for k in self.cfg.search.space if k in best})
+            self.tracker.finish(parent, "FINISHED")
+        self._safe("search end", close)

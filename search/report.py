@@ -1,0 +1,61 @@
+"""Tables of a study's trials: for the terminal, trials.csv, MLflow and best_config.yaml."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from maskclf import config as config_mod
+from maskclf.config import Config
+
+
+def trials_table(results, cfg: Config) -> pd.DataFrame:
+    """One row per trial: its parameters, last and best val_f1, epochs trained, status; best first."""
+    keys = list(cfg.search.space)
+    rows = []
+    for r in results:
+        m = r.metrics or {}
+        hist = r.metrics_dataframe
+        best = float(hist["val_f1"].max()) if hist is not None and "val_f1" in hist else math.nan
+        status = "error" if r.error else ("done" if m.get("epoch") == cfg.train.epochs else "stopped")
+        row = {"trial": m.get("trial_id") or (r.path or "").rsplit("/", 1)[-1], "status": status,
+               "epochs": m.get("epoch", 0), "val_f1": m.get("val_f1", math.nan), "best_val_f1": best}
+        row.update({k: r.config.get(k) for k in keys})
+        if r.error:
+            row["error"] = str(r.error).strip().splitlines()[-1][:200]
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    return table.sort_values("best_val_f1", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def best_config(table: pd.DataFrame, cfg: Config) -> Config:
+    """The complete config of the best trial (what ``maskclf.train`` and finalize accept)."""
+    row = table.dropna(subset=["best_val_f1"]).iloc[0]
+    params = {k: row[k] for k in cfg.search.space if k in row and not _missing(row[k])}
+    params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
+    return config_mod.apply(cfg, params, where="best trial")
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.4g}"
+    return "-" if v is None else str(v)
+
+
+def top_table(table: pd.DataFrame, n: int = 5) -> str:
+    """The best ``n`` trials as fixed-width text."""
+    cols = ["trial", "best_val_f1", "val_f1", "epochs", "status"] + [
+        c for c in table.columns if c not in ("trial", "best_val_f1", "val_f1", "epochs", "status", "error")]
+    head = table.head(n)
+    cells = [[c.split(".")[-1] for c in cols]] + [[_fmt(r[c]) for c in cols] for _, r in head.iterrows()]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
+    title = f"top {len(head)} of {len(table)} trials (by best val macro F1):"
+    return "\n".join([title, *lines])

@@ -1,0 +1,95 @@
+"""The search space of a study, declared in the config with the config's own dotted keys.
+
+Each entry is ``key: {kind: args}``, optionally with ``when: {other.key: value or [values]}``
+for conditional parameters, e.g.::
+
+    train.lr: {loguniform: [1.0e-4, 1.0e-2]}
+    train.decay_epochs: {int: [1, 3], when: {train.scheduler: [step, plateau]}}
+
+It becomes an Optuna define-by-run function, so a parameter only exists in the trials
+where its condition holds.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from maskclf import config as config_mod
+from maskclf.config import Config
+from maskclf.errors import InputError
+
+KINDS = ("choice", "uniform", "loguniform", "int", "logint")
+
+
+def _spec_problems(key: str, spec: Any, known: set[str], earlier: list[str]) -> list[str]:
+    where = f"search.space.{key}"
+    if key not in known:
+        return [f"{where}: '{key}' is not a config key"]
+    if not isinstance(spec, dict):
+        return [f"{where}: expected a mapping such as {{choice: [a, b]}}, got {spec!r}"]
+    kinds = [k for k in spec if k != "when"]
+    if len(kinds) != 1 or kinds[0] not in KINDS:
+        return [f"{where}: give exactly one of {', '.join(KINDS)} (got {', '.join(map(str, kinds)) or 'none'})"]
+    kind, args = kinds[0], spec[kinds[0]]
+    p = []
+    if kind == "choice":
+        if not isinstance(args, list) or not args:
+            p.append(f"{where}: choice needs a non-empty list")
+    elif not (isinstance(args, list) and len(args) == 2 and all(isinstance(a, (int, float)) for a in args)
+              and args[0] < args[1]):
+        p.append(f"{where}: {kind} needs [low, high] with low < high, got {args!r}")
+    elif kind in ("loguniform", "logint") and args[0] <= 0:
+        p.append(f"{where}: {kind} needs low > 0")
+    for dep in (spec.get("when") or {}):
+        if dep not in earlier:
+            p.append(f"{where}: condition on '{dep}', which is not a parameter listed before it")
+    return p
+
+
+def _values(spec: dict) -> list[Any]:
+    """The choices, or the two bounds: enough to check that every value type-checks."""
+    return list(spec[next(k for k in spec if k != "when")])
+
+
+def validate(cfg: Config) -> dict[str, dict]:
+    """Check every entry of ``cfg.search.space`` (keys, kinds, bounds, conditions, value types)."""
+    space = cfg.search.space
+    if not space:
+        raise InputError("search.space is empty: declare at least one parameter (see conf/search.yaml)")
+    known, earlier, problems = set(config_mod.keys(cfg)), [], []
+    for key, spec in space.items():
+        found = _spec_problems(key, spec, known, earlier)
+        earlier.append(key)
+        if found:
+            problems += found
+            continue
+        for v in _values(spec):  # each candidate value must make a valid config
+            try:
+                config_mod.validate(config_mod.apply(cfg, {key: v}, where=f"search.space.{key}"))
+            except InputError as e:
+                problems += [f"search.space.{key} value {v!r}: {q}" for q in e.problems]
+    if problems:
+        raise InputError(problems)
+    return space
+
+
+def define_by_run(space: dict[str, dict]) -> Callable[[Any], None]:
+    """An Optuna define-by-run function suggesting each parameter whose condition holds."""
+
+    def suggest(trial) -> None:
+        chosen: dict[str, Any] = {}
+        for key, spec in space.items():
+            cond = spec.get("when") or {}
+            if any(chosen.get(k) not in (v if isinstance(v, list) else [v]) for k, v in cond.items()):
+                continue
+            kind = next(k for k in spec if k != "when")
+            args = spec[kind]
+            if kind == "choice":
+                chosen[key] = trial.suggest_categorical(name=key, choices=args)
+            elif kind in ("uniform", "loguniform"):
+                chosen[key] = trial.suggest_float(name=key, low=float(args[0]), high=float(args[1]),
+                                                  log=kind == "loguniform")
+            else:
+                chosen[key] = trial.suggest_int(name=key, low=int(args[0]), high=int(args[1]), log=kind == "logint")
+
+    return suggest

@@ -1,0 +1,213 @@
+"""``python -m search.tune``: Ray Tune + OptunaSearch (TPE) + ASHA over a declared space, every trial in MLflow.
+
+The data is validated and face-cropped once, on the driver, before any trial starts; the
+crops reach every trial through Ray's object store, so no trial decodes a JPEG or runs
+face detection, and a trial on another node needs no shared filesystem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from maskclf import config as config_mod
+from maskclf.config import Config
+from maskclf.errors import InputError, cli
+from search import space as space_mod
+from search.tracking import Tracker, tracking_uri
+
+METRIC, MODE = "val_f1", "max"
+# A study is the same study when these sections match; run.dir / tracking may move.
+STUDY_SECTIONS = ("data", "faces", "folds", "model", "train", "search")
+
+
+def study_dir(cfg: Config) -> Path:
+    return config_mod.run_dir(cfg) / cfg.run.study
+
+
+def storage_path(cfg: Config) -> str:
+    return cfg.search.storage_path or str((config_mod.run_dir(cfg) / "tune").resolve())
+
+
+def _check_same_study(cfg: Config) -> None:
+    """Refuse to continue a study under a changed configuration: its trials would not be comparable."""
+    saved = study_dir(cfg) / "study.yaml"
+    if not saved.is_file():
+        return
+    old, new = config_mod.to_dict(config_mod.load(saved)), config_mod.to_dict(cfg)
+    changed = [f"{s}.{k}" for s in STUDY_SECTIONS for k in new[s] if old[s].get(k) != new[s][k]]
+    changed = [k for k in changed if k not in ("search.address", "search.storage_path")]
+    if changed:
+        raise InputError(f"study '{cfg.run.study}' in {study_dir(cfg)} was started with a different configuration "
+                         f"(changed: {', '.join(changed)}); choose a new name with run.study=NAME")
+
+
+def _connect(cfg: Config, log: Callable[[str], None]) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.search.address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        log(f"connecting to the Ray cluster at {address}")
+        ray.init(address=address, log_to_driver=False)
+        return
+    try:  # a Ray started on this node (ray start / ray up) is used when there is one
+        ray.init(address="auto", log_to_driver=False)
+        log("connected to the running Ray cluster on this node")
+    except ConnectionError:
+        ray.init(include_dashboard=False, log_to_driver=False)
+        log(f"started a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs")
+
+
+def _check_resources(cfg: Config) -> None:
+    import ray
+
+    res = ray.cluster_resources()
+    gpus, cpus = res.get("GPU", 0), res.get("CPU", 0)
+    if cfg.search.gpus_per_trial > 0 and gpus == 0:
+        raise InputError(f"search.gpus_per_trial={cfg.search.gpus_per_trial:g} but the Ray cluster has no GPUs; "
+                         f"set search.gpus_per_trial=0 to train on CPUs")
+    if cfg.search.cpus_per_trial > cpus:
+        raise InputError(f"search.cpus_per_trial={cfg.search.cpus_per_trial:g} but the Ray cluster has {cpus:g} CPUs")
+
+
+def train_trial(params: dict[str, Any], *, cfg: Config, prep, after_report: Callable[[dict], None] | None = None):
+    """The Tune trainable: a thin adapter from ``engine.fit``'s report to ``ray.tune.report``."""
+    from ray import tune
+
+    from maskclf import engine
+
+    trial_cfg = config_mod.apply(cfg, params, where="trial parameters")
+    if trial_cfg.search.gpus_per_trial == 0:
+        trial_cfg = config_mod.apply(trial_cfg, {"train.device": "cpu", "faces.device": "cpu"})
+    train, val = prep.fold(trial_cfg)
+    work = Path(tempfile.mkdtemp(prefix="maskclf-trial-"))
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        resume = work / "resume"
+        checkpoint.to_directory(str(resume))
+
+    def report(metrics: dict, checkpoint_dir: Path) -> None:
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(checkpoint_dir)))
+        if after_report is not None:
+            after_report(metrics)
+
+    try:
+        engine.fit(trial_cfg, train, val, report, out_dir=work / "run", resume=resume, log=lambda s: print(s))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _object_store_ready(prep):
+    """Crops as plain contiguous arrays: a memory map of the driver's cache file must not travel."""
+    from maskclf.faces import FaceCrops
+
+    c = prep.train_crops
+    prep.train_crops = FaceCrops(np.ascontiguousarray(c.images), c.boxes, c.found, c.paths)
+    return prep
+
+
+def _make_tuner(cfg: Config, trainable, callbacks: list, log: Callable[[str], None]):
+    import optuna
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    exp_path = os.path.join(storage_path(cfg), cfg.run.study)
+    if tune.Tuner.can_restore(exp_path):
+        log(f"resuming study '{cfg.run.study}' from {exp_path}")
+        return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+    s = cfg.search
+    sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True,
+                                         n_startup_trials=s.n_startup_trials)
+    searcher = OptunaSearch(space=space_mod.define_by_run(s.space), metric=METRIC, mode=MODE, sampler=sampler)
+    scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=cfg.train.epochs,
+                              grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
+                                    max_concurrent_trials=s.max_concurrent),
+        run_config=tune.RunConfig(
+            name=cfg.run.study, storage_path=storage_path(cfg), callbacks=callbacks, verbose=1,
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+
+
+def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], None] = print):
+    """Run (or resume) the study of ``cfg``; returns the summary table of its trials (a DataFrame)."""
+    from maskclf import dataset
+    from search import report as report_mod
+    from search.callback import MlflowTrials
+
+    space_mod.validate(cfg)
+    _check_same_study(cfg)
+    uri = tracking_uri(cfg)
+    tracker = Tracker(uri, cfg.run.study)  # a bad tracking store fails here, before any data or Ray work
+    prep = _object_store_ready(dataset.prepare(cfg, log=log))
+    study = study_dir(cfg)
+    study.mkdir(parents=True, exist_ok=True)
+    if not (study / "study.yaml").is_file():
+        config_mod.save(cfg, study / "study.yaml")
+
+    from ray import tune
+
+    _connect(cfg, log)
+    _check_resources(cfg)
+    fn = tune.with_parameters(trainable or train_trial, cfg=cfg, prep=prep)
+    fn = tune.with_resources(fn, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
+    callback = MlflowTrials(uri, cfg, dataset_summary=_summary(prep))
+    results = _make_tuner(cfg, fn, [callback], log).fit()
+    table = report_mod.trials_table(results, cfg)
+    if table.empty or table["best_val_f1"].isna().all():
+        raise RuntimeError(f"no trial of study '{cfg.run.study}' reported a result; see the errors above")
+    best = report_mod.best_config(table, cfg)
+    best_path = config_mod.save(best, study / "best_config.yaml")
+    table.to_csv(study / "trials.csv", index=False)
+    callback.close_search(table, best_path)
+    log(report_mod.top_table(table))
+    log(f"best config: {best_path}")
+    log(f"browse the results: {tracker.ui_command()}")
+    return table
+
+
+def _summary(prep) -> dict:
+    from maskclf import data
+
+    s = data.summary(prep.train)
+    s["faces_found"] = int(prep.train_crops.found.sum())
+    s["faces_fallback"] = int((~prep.train_crops.found).sum())
+    return s
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m search.tune",
+        description="Search hyperparameters with Ray Tune + Optuna (TPE) + ASHA; every trial logged to MLflow. "
+                    "Run the same command again to resume the study.",
+    )
+    p.add_argument("--config", default=str(config_mod.DEFAULT_CONFIG), help="YAML config (default: %(default)s)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. run.study=s2")
+    return p
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = config_mod.load(args.config, args.overrides)
+    run(cfg, log=lambda s: print(s, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

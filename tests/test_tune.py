@@ -1,0 +1,156 @@
+"""search.tune on the smoke config with a real local Ray and a real SQLite MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from maskclf import config
+from search import tune as tune_mod
+from search.tracking import Tracker, tracking_uri
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _runs(cfg, kind):
+    t = Tracker(tracking_uri(cfg), cfg.run.study)
+    return t, t.find(kind)
+
+
+def _history(tracker, run_id, key="val_f1"):
+    return [m.step for m in tracker.client.get_metric_history(run_id, key)]
+
+
+def test_smoke_search_tracks_every_trial(ray_local, smoke_cfg, tmp_path):
+    table = tune_mod.run(smoke_cfg)
+    assert len(table) == 2 and set(table["status"]) <= {"done", "stopped"}
+    study = Path(smoke_cfg.run.dir) / "smoke"
+    assert (study / "best_config.yaml").is_file() and (study / "trials.csv").is_file()
+
+    tracker, parents = _runs(smoke_cfg, "search")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["num_samples"] == "2" and "space.train.lr" in parent.data.params
+    exp = tracker.client.get_experiment(tracker.experiment_id)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    trials = tracker.find("trial", parent=parent.info.run_id)
+    assert len(trials) == 2
+    for r in trials:
+        assert r.info.status == "FINISHED"
+        p = r.data.params
+        assert p["backbone"] in ("test_resnet", "test_efficientnet") and p["optimizer"] in ("adamw", "sgd")
+        assert float(p["lr"]) > 0 and p["scheduler"] in ("cosine", "step")
+        assert r.info.run_name.startswith("#") and p["backbone"] in r.info.run_name
+        steps = _history(tracker, r.info.run_id)
+        assert steps == sorted(set(steps)) and steps[0] == 1
+        for key in ("val_loss", "train_loss", "lr", "images_per_s", "epoch_time"):
+            assert key in r.data.metrics
+
+    best = config.load(study / "best_config.yaml")
+    assert best.model.backbone in ("test_resnet", "test_efficientnet")
+    from maskclf import train
+
+    assert train.main(["--config", str(study / "best_config.yaml"), "--quiet", "train.epochs=1",
+                       f"run.dir={tmp_path / 'retrain'}"]) == 0
+
+
+def test_trial_that_raises_once_resumes_from_its_checkpoint(ray_local, smoke_cfg, tmp_path):
+    cfg = config.apply(smoke_cfg, {"search.num_samples": 1, "run.study": "retry", "train.epochs": 3,
+                                   "search.grace_period": 3})
+    marker = str(tmp_path / "failed-once")
+
+    def flaky(params, **kw):
+        def fail_once(metrics):
+            if metrics["epoch"] == 2 and not os.path.exists(marker):
+                open(marker, "w").close()
+                raise RuntimeError("injected failure after epoch 2")
+        return tune_mod.train_trial(params, after_report=fail_once, **kw)
+
+    table = tune_mod.run(cfg, trainable=flaky)
+    assert os.path.exists(marker)
+    assert table.loc[0, "status"] == "done" and table.loc[0, "epochs"] == 3
+    tracker, trials = _runs(cfg, "trial")
+    assert len(trials) == 1 and trials[0].data.tags.get("retried") == "yes"
+    assert _history(tracker, trials[0].info.run_id) == [1, 2, 3]  # epoch 1 and 2 were not trained again
+
+
+def test_interrupted_study_resumes_without_duplicates(smoke_cfg):
+    args = [sys.executable, "-m", "search.tune", "--config", str(ROOT / "conf" / "smoke.yaml"),
+            f"data.root={smoke_cfg.data.root}", f"run.dir={smoke_cfg.run.dir}",
+            f"faces.cache_dir={smoke_cfg.faces.cache_dir}", "run.study=resume", "search.num_samples=3",
+            "search.max_concurrent=1"]
+    cfg = config.load(ROOT / "conf" / "smoke.yaml", [a for a in args if "=" in a and not a.startswith("--")])
+    env = {**os.environ, "RAY_ADDRESS": "local"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail("the search ended before it could be interrupted:\n" + proc.stdout.read()[-3000:])
+            try:
+                done = [r for r in _runs(cfg, "trial")[1] if r.info.status == "FINISHED"]
+            except Exception:
+                done = []
+            if done:
+                break
+            time.sleep(1)
+        else:
+            pytest.fail("no trial finished in time")
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    first = len([r for r in _runs(cfg, "trial")[1] if r.info.status == "FINISHED"])
+    assert 1 <= first < 3
+
+    r = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "resuming study 'resume'" in r.stdout
+    tracker, trials = _runs(cfg, "trial")
+    assert len(trials) == 3 and len({t.data.tags["maskclf.key"] for t in trials}) == 3
+    assert all(t.info.status == "FINISHED" for t in trials)
+    for t in trials:
+        steps = _history(tracker, t.info.run_id)
+        assert steps == sorted(set(steps))
+    assert len(tracker.find("search")) == 1
+    assert "top 3 of 3 trials" in r.stdout
+
+
+def test_bad_tracking_uri_fails_fast_before_ray(smoke_cfg, tmp_path):
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(ROOT / "conf" / "smoke.yaml"),
+                        f"data.root={smoke_cfg.data.root}", f"run.dir={tmp_path}",
+                        "tracking.uri=http://127.0.0.1:9"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "http://127.0.0.1:9" in r.stderr and "Traceback" not in r.stderr
+    assert time.time() - t0 < 60
+    assert not (tmp_path / "tune").exists()
+
+
+def test_bad_search_space_is_reported(smoke_cfg):
+    cfg = config.apply(smoke_cfg, {"search.space": {"train.lrr": {"loguniform": [1e-4, 1e-2]},
+                                                    "train.optimizer": {"choice": ["adamw", "adamx"]},
+                                                    "train.lr": {"loguniform": [0, 1]}}})
+    from maskclf.errors import InputError
+
+    with pytest.raises(InputError) as e:
+        tune_mod.run(cfg)
+    msg = e.value.message()
+    assert "train.lrr" in msg and "adamx" in msg and "low > 0" in msg
