@@ -172,7 +172,8 @@ def load_state(checkpoint_dir: Path) -> dict:
 def build_model(cfg: Config) -> model_mod.MaskNet:
     m = cfg.model
     return model_mod.create(
-        m.backbone, head=m.head, pretrained=m.pretrained, pretrained_file=m.pretrained_file, drop_rate=m.drop_rate
+        m.backbone, head=m.head, pretrained=m.pretrained, pretrained_file=m.pretrained_file, drop_rate=m.drop_rate,
+        image_size=cfg.train.image_size,
     )
 
 

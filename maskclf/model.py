@@ -39,7 +39,9 @@ class MaskNet(nn.Module):
         self.backbone = backbone
         self.head_kind = head
         self.dropout = nn.Dropout(drop_rate)
-        self.head = nn.Linear(backbone.num_features, NUM_CLASSES if head == "joint" else 3 + 2 + 3)
+        # pre-logits width: larger than num_features where timm keeps a head conv (MobileNetV3, VGG)
+        width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
+        self.head = nn.Linear(width, NUM_CLASSES if head == "joint" else 3 + 2 + 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.head(self.dropout(self.backbone(x)))
@@ -58,12 +60,20 @@ def create(
     pretrained: bool = False,
     pretrained_file: str | Path = "",
     drop_rate: float = 0.0,
+    image_size: int | None = None,
 ) -> MaskNet:
-    """Build a :class:`MaskNet`; ``pretrained_file`` loads local weights (no internet needed)."""
+    """Build a :class:`MaskNet`; ``pretrained_file`` loads local weights (no internet needed).
+
+    ``image_size`` matters only for backbones with a fixed input size (ViTs), which are
+    built for it (timm resamples pretrained position embeddings).
+    """
     problem = backbone_problem(backbone)
     if problem:
         raise ValueError(problem)
     kwargs = {}
+    pcfg = timm.models.get_pretrained_cfg(backbone)
+    if image_size and pcfg is not None and pcfg.fixed_input_size:
+        kwargs["img_size"] = image_size
     if pretrained_file:
         pretrained = True
         kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}

@@ -69,11 +69,15 @@ class MlflowTrials(tune.Callback):
 
     def _trial_run(self, trial) -> str:
         if trial.trial_id not in self.runs:
+            found = self.tracker.find("trial", key=trial.trial_id)
+            if found:  # a resumed search continues the trial's run
+                self.runs[trial.trial_id] = found[0].info.run_id
+                return self.runs[trial.trial_id]
             cfg = config_mod.apply(self.cfg, trial.config, where="trial parameters")
-            number = int(trial.trial_id.rsplit("_", 1)[-1]) + 1 if "_" in trial.trial_id else 0
+            number = len(self.tracker.find("trial", parent=self._parent())) + 1
             params = {**trial_params(cfg), "trial_id": trial.trial_id}
             self.runs[trial.trial_id] = self.tracker.start("trial", run_name(cfg, f"#{number}"), key=trial.trial_id,
-                                                           parent=self._parent(), params=params)
+                                                           parent=self._parent(), params=params, reuse=False)
         return self.runs[trial.trial_id]
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:

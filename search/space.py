@@ -12,7 +12,7 @@ where its condition holds.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 from maskclf import config as config_mod
 from maskclf.config import Config
@@ -73,12 +73,19 @@ def validate(cfg: Config) -> dict[str, dict]:
     return space
 
 
-def define_by_run(space: dict[str, dict]) -> Callable[[Any], None]:
-    """An Optuna define-by-run function suggesting each parameter whose condition holds."""
+class DefineByRun:
+    """An Optuna define-by-run function suggesting each parameter whose condition holds.
 
-    def suggest(trial) -> None:
+    A class rather than a closure: Tune pickles the searcher into the experiment
+    state, which is how an interrupted study resumes.
+    """
+
+    def __init__(self, space: dict[str, dict]):
+        self.space = space
+
+    def __call__(self, trial) -> None:
         chosen: dict[str, Any] = {}
-        for key, spec in space.items():
+        for key, spec in self.space.items():
             cond = spec.get("when") or {}
             if any(chosen.get(k) not in (v if isinstance(v, list) else [v]) for k, v in cond.items()):
                 continue
@@ -91,5 +98,3 @@ def define_by_run(space: dict[str, dict]) -> Callable[[Any], None]:
                                                   log=kind == "loguniform")
             else:
                 chosen[key] = trial.suggest_int(name=key, low=int(args[0]), high=int(args[1]), log=kind == "logint")
-
-    return suggest

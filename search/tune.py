@@ -129,7 +129,7 @@ def _make_tuner(cfg: Config, trainable, callbacks: list, log: Callable[[str], No
     s = cfg.search
     sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True,
                                          n_startup_trials=s.n_startup_trials)
-    searcher = OptunaSearch(space=space_mod.define_by_run(s.space), metric=METRIC, mode=MODE, sampler=sampler)
+    searcher = OptunaSearch(space=space_mod.DefineByRun(s.space), metric=METRIC, mode=MODE, sampler=sampler)
     scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=cfg.train.epochs,
                               grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     return tune.Tuner(
@@ -162,6 +162,8 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
 
     from ray import tune
 
+    # Tune warns whenever per-epoch checkpoints snapshot the experiment often; that is intended here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     _connect(cfg, log)
     _check_resources(cfg)
     fn = tune.with_parameters(trainable or train_trial, cfg=cfg, prep=prep)

@@ -83,11 +83,12 @@ def test_optimizers_and_schedulers(tmp_path, opt, sched):
     assert len(res["history"]) == 2 and res["lr"] > 0
 
 
-@pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet", "test_vit"])
+@pytest.mark.parametrize("backbone", ["test_resnet", "test_efficientnet", "test_vit", "mobilenetv3_small_050",
+                                      "resnet10t", "efficientnet_b0"])
 @pytest.mark.parametrize("head", model.HEADS)
 def test_backbones_and_heads(backbone, head):
-    net = model.create(backbone, head=head)
-    out = net(torch.randn(3, 3, 32, 32) if backbone != "test_vit" else torch.randn(3, 3, 160, 160))
+    net = model.create(backbone, head=head, image_size=32)  # ViTs are built for the configured size
+    out = net(torch.randn(3, 3, 32, 32))
     assert out.shape == (3, NUM_CLASSES)
     if head == "multitask":  # log-probabilities over the 18 combinations sum to one
         assert torch.allclose(out.exp().sum(1), torch.ones(3), atol=1e-5)
