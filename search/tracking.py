@@ -78,14 +78,18 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = uri
+        artifacts = None
         if uri.startswith("sqlite:///"):
-            Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(uri[len("sqlite:///"):])
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # beside the database, not MLflow's default ./mlruns in whatever folder the command ran from
+            artifacts = (db.parent / "mlartifacts").resolve().as_uri()
         try:
             with _quick_http(timeout):
                 self.client = MlflowClient(tracking_uri=uri)
                 exp = self.client.get_experiment_by_name(study)
                 self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
-                    study, tags=EXPERIMENT_TAGS)
+                    study, artifact_location=f"{artifacts}/{study}" if artifacts else None, tags=EXPERIMENT_TAGS)
         except Exception as e:  # any failure to reach the store must stop a search before it starts
             reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             raise InputError(f"MLflow tracking store {uri} is not usable: {reason}") from None
