@@ -25,6 +25,7 @@ def scores(probs: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
     tm, tg, ta = decode(y_true)
     eps = 1e-7
     nll = -np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0)).mean()
+    band_f1 = _band_f1(y_true, y_pred)
     return {
         "val_f1": macro_f1(y_true, y_pred),
         "val_acc": float((y_pred == y_true).mean()),
@@ -32,7 +33,21 @@ def scores(probs: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
         "mask_acc": float((pm == tm).mean()),
         "gender_acc": float((pg == tg).mean()),
         "age_acc": float((pa == ta).mean()),
+        "f1_lt30": band_f1[0],
+        "f1_30_59": band_f1[1],
+        "f1_ge60": band_f1[2],
     }
+
+
+def _band_f1(y_true: np.ndarray, y_pred: np.ndarray) -> list[float]:
+    """Mean F1 of the classes of each age band that occur in ``y_true`` (>=60 is the hard one)."""
+    f1 = per_class_f1(y_true, y_pred)
+    present = np.bincount(y_true, minlength=NUM_CLASSES) > 0
+    out = []
+    for band in range(3):
+        sel = present & (np.arange(NUM_CLASSES) % 3 == band)
+        out.append(float(f1[sel].mean()) if sel.any() else float("nan"))
+    return out
 
 
 def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:

@@ -19,8 +19,8 @@ from maskclf import config as config_mod
 from maskclf.config import Config
 from search.tracking import Tracker, run_name, trial_params
 
-SHOWN = ("val_f1", "val_loss", "train_loss", "val_acc", "mask_acc", "gender_acc", "age_acc", "lr",
-         "epoch_time", "images_per_s")
+SHOWN = ("val_f1", "val_loss", "train_loss", "val_acc", "mask_acc", "gender_acc", "age_acc", "f1_lt30", "f1_30_59",
+         "f1_ge60", "lr", "epoch_time", "images_per_s")
 
 
 class MlflowTrials(tune.Callback):

@@ -61,8 +61,8 @@ def test_save_and_load_roundtrip(tmp_path):
 
 def test_apply_dotted_values_copies():
     cfg = config.load(CONF / "smoke.yaml")
-    new = config.apply(cfg, {"train.lr": 0.1, "model.head": "multitask"})
-    assert new.train.lr == 0.1 and new.model.head == "multitask" and cfg.model.head == "joint"
+    new = config.apply(cfg, {"train.lr": 0.1, "model.head": "joint"})
+    assert new.train.lr == 0.1 and new.model.head == "joint" and cfg.model.head == "multitask"
 
 
 def test_cli_config_error_is_one_line_exit_2(tmp_path):
