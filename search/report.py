@@ -20,7 +20,8 @@ def trials_table(results, cfg: Config) -> pd.DataFrame:
         best = float(hist["val_f1"].max()) if hist is not None and "val_f1" in hist else math.nan
         status = "error" if r.error else ("done" if m.get("epoch") == cfg.train.epochs else "stopped")
         row = {"trial": m.get("trial_id") or (r.path or "").rsplit("/", 1)[-1], "status": status,
-               "epochs": m.get("epoch", 0), "val_f1": m.get("val_f1", math.nan), "best_val_f1": best}
+               "epochs": m.get("epoch", 0), "val_f1": m.get("val_f1", math.nan), "best_val_f1": best,
+               "f1_ge60": m.get("f1_ge60", math.nan)}
         row.update({k: r.config.get(k) for k in keys})
         if r.error:
             row["error"] = str(r.error).strip().splitlines()[-1][:200]
@@ -51,8 +52,8 @@ def _fmt(v) -> str:
 
 def top_table(table: pd.DataFrame, n: int = 5) -> str:
     """The best ``n`` trials as fixed-width text."""
-    cols = ["trial", "best_val_f1", "val_f1", "epochs", "status"] + [
-        c for c in table.columns if c not in ("trial", "best_val_f1", "val_f1", "epochs", "status", "error")]
+    first = ["trial", "best_val_f1", "val_f1", "f1_ge60", "epochs", "status"]
+    cols = first + [c for c in table.columns if c not in (*first, "error")]
     head = table.head(n)
     cells = [[c.split(".")[-1] for c in cols]] + [[_fmt(r[c]) for c in cols] for _, r in head.iterrows()]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
