@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
-import albumentations as A
-from albumentations.pytorch import ToTensorV2
+# albumentations looks for a newer release online at import; offline machines would wait on it
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
+from albumentations.pytorch import ToTensorV2  # noqa: E402
 
 
 def _none() -> list:

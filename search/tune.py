@@ -49,7 +49,7 @@ def _check_same_study(cfg: Config) -> None:
                          f"(changed: {', '.join(changed)}); choose a new name with run.study=NAME")
 
 
-def _connect(cfg: Config, log: Callable[[str], None]) -> None:
+def connect(cfg: Config, log: Callable[[str], None]) -> None:
     import ray
 
     if ray.is_initialized():
@@ -67,7 +67,7 @@ def _connect(cfg: Config, log: Callable[[str], None]) -> None:
         log(f"started a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs")
 
 
-def _check_resources(cfg: Config) -> None:
+def check_resources(cfg: Config) -> None:
     import ray
 
     res = ray.cluster_resources()
@@ -107,7 +107,7 @@ def train_trial(params: dict[str, Any], *, cfg: Config, prep, after_report: Call
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _object_store_ready(prep):
+def object_store_ready(prep):
     """Crops as plain contiguous arrays: a memory map of the driver's cache file must not travel."""
     from maskclf.faces import FaceCrops
 
@@ -154,7 +154,7 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
     _check_same_study(cfg)
     uri = tracking_uri(cfg)
     tracker = Tracker(uri, cfg.run.study)  # a bad tracking store fails here, before any data or Ray work
-    prep = _object_store_ready(dataset.prepare(cfg, log=log))
+    prep = object_store_ready(dataset.prepare(cfg, log=log))
     study = study_dir(cfg)
     study.mkdir(parents=True, exist_ok=True)
     if not (study / "study.yaml").is_file():
@@ -164,8 +164,8 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
 
     # Tune warns whenever per-epoch checkpoints snapshot the experiment often; that is intended here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    _connect(cfg, log)
-    _check_resources(cfg)
+    connect(cfg, log)
+    check_resources(cfg)
     fn = tune.with_parameters(trainable or train_trial, cfg=cfg, prep=prep)
     fn = tune.with_resources(fn, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
     callback = MlflowTrials(uri, cfg, dataset_summary=_summary(prep))

@@ -1,0 +1,154 @@
+"""Prediction with trained fold models: soft voting, horizontal-flip TTA, the submission file.
+
+Plain PyTorch: finalize and the registered MLflow model both call these functions, and so
+can a notebook. Each model keeps its own input size and normalisation (from its checkpoint),
+so an ensemble may mix backbones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageOps
+from torch.utils.data import DataLoader
+
+from maskclf import engine, faces, transforms
+from maskclf import model as model_mod
+from maskclf.config import Config
+from maskclf.labels import NUM_CLASSES
+
+Member = tuple[model_mod.MaskNet, Config]  # a fold model and the config it was trained with
+
+
+def load_ensemble(checkpoint_dirs: Sequence[str | Path], device: str = "cpu") -> list[Member]:
+    """Load every checkpoint folder (``engine.fit``'s ``out_dir/checkpoint``) as (model, config)."""
+    if not checkpoint_dirs:
+        raise ValueError("an ensemble needs at least one checkpoint")
+    return [engine.load_model(d, device) for d in checkpoint_dirs]
+
+
+def model_probs(net: model_mod.MaskNet, cfg: Config, crops: np.ndarray, *, tta: bool = True,
+                batch_size: int = 128, device: str | torch.device = "cpu") -> np.ndarray:
+    """Softmax probabilities (N x 18) of one model on N x S x S x 3 uint8 face crops.
+
+    With ``tta`` the crop and its mirror image are both scored and averaged: faces are
+    left-right symmetric for every label, and training already flips them.
+    """
+    device = engine.resolve_device(str(device))
+    net = net.to(device).eval()
+    mean, std = model_mod.normalization(net)
+    tf = transforms.build("none", size=cfg.train.image_size, mean=mean, std=std, train=False)
+    crops = np.asarray(crops)
+
+    def run(images: np.ndarray) -> np.ndarray:
+        ds = engine.CropDataset(images, np.zeros(len(images), np.int64), tf)
+        return engine.predict_probs(net, DataLoader(ds, batch_size=batch_size), device, cfg.train.amp)
+
+    probs = run(crops)
+    if tta and len(crops):
+        probs = (probs + run(np.ascontiguousarray(crops[:, :, ::-1]))) / 2
+    return probs
+
+
+def soft_vote(probs: Sequence[np.ndarray]) -> np.ndarray:
+    """Mean of several models' probabilities (each N x 18)."""
+    if not len(probs):
+        raise ValueError("soft voting needs at least one model's probabilities")
+    return np.mean(np.stack(probs), axis=0)
+
+
+def predict_each(members: Sequence[Member], crops: np.ndarray, *, tta: bool = True, batch_size: int = 128,
+                 device: str = "cpu", log: Callable[[str], None] | None = None) -> list[np.ndarray]:
+    """Each member's probabilities on ``crops`` (what per-model scores and the vote are built from)."""
+    out = []
+    for i, (net, cfg) in enumerate(members):
+        out.append(model_probs(net, cfg, crops, tta=tta, batch_size=batch_size, device=device))
+        if log is not None:
+            log(f"predicted {len(crops)} images with model {i + 1}/{len(members)}")
+    return out
+
+
+def predict_crops(members: Sequence[Member], crops: np.ndarray, *, tta: bool = True, batch_size: int = 128,
+                  device: str = "cpu") -> np.ndarray:
+    """The ensemble's probabilities (N x 18): soft voting over ``members``, optionally with flip TTA."""
+    if len(crops) == 0:
+        return np.zeros((0, NUM_CLASSES), np.float32)
+    return soft_vote(predict_each(members, crops, tta=tta, batch_size=batch_size, device=device))
+
+
+def read_rgb(path: str | Path) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB, upright (EXIF rotation applied, as the crop cache does)."""
+    with Image.open(path) as im:
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+
+
+def crop_images(images: Sequence[np.ndarray], cfg: Config, device: str = "cpu") -> np.ndarray:
+    """Face crops of photos with the crop settings a model was trained on (``cfg.faces``)."""
+    f = cfg.faces
+    return faces.crop_arrays(list(images), method=f.method, size=f.size, margin=f.margin,
+                             batch_size=f.batch_size, device=str(engine.resolve_device(device))).images
+
+
+def write_submission(eval_table: pd.DataFrame, probs: np.ndarray, info_csv_path: str | Path,
+                     out_path: str | Path) -> pd.DataFrame:
+    """info.csv with ``ans`` filled by the argmax of ``probs`` (row i of ``eval_table``).
+
+    Rows, their order and every other column are kept as info.csv has them; matching is by
+    ImageID, so a table in another order still fills the right rows. Returns the table written.
+    """
+    if len(eval_table) != len(probs):
+        raise ValueError(f"{len(eval_table)} eval images but {len(probs)} rows of probabilities")
+    info = pd.read_csv(info_csv_path, dtype=str, keep_default_na=False)
+    pred = pd.Series(np.asarray(probs).argmax(1), index=eval_table["image_id"].to_numpy())
+    missing = sorted(set(info["ImageID"]) - set(pred.index))
+    if missing:
+        raise ValueError(f"no prediction for {len(missing)} ImageID(s) of {info_csv_path}, e.g. {missing[0]}")
+    info["ans"] = info["ImageID"].map(pred).astype(int)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    info.to_csv(tmp, index=False)
+    tmp.replace(out_path)
+    return info
+
+
+def oof_table(train: pd.DataFrame, rows: np.ndarray, fold: np.ndarray, probs: np.ndarray,
+              labels: np.ndarray) -> pd.DataFrame:
+    """Out-of-fold predictions in train order: person, path, fold, label, pred, prob, p0..p17."""
+    order = np.argsort(rows, kind="stable")
+    probs = np.asarray(probs)[order]
+    table = train.iloc[np.asarray(rows)[order]][["person", "path"]].reset_index(drop=True)
+    table["fold"], table["label"], table["pred"] = np.asarray(fold)[order], np.asarray(labels)[order], probs.argmax(1)
+    table["prob"] = probs.max(1).round(5)
+    for c in range(NUM_CLASSES):
+        table[f"p{c}"] = probs[:, c].round(5)
+    return table
+
+
+def save_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str) -> None:
+    """The 18x18 confusion matrix as a PNG: counts, shaded by the share of each true class."""
+    from matplotlib.figure import Figure  # Agg canvas without pyplot: no global backend to set
+
+    from maskclf.labels import class_name
+    from maskclf.metrics import confusion
+
+    cm = confusion(y_true, y_pred)
+    share = cm / np.maximum(cm.sum(1, keepdims=True), 1)  # row-normalised: rare classes stay visible
+    names = [class_name(c) for c in range(NUM_CLASSES)]
+    fig = Figure(figsize=(11, 10))
+    ax = fig.subplots()
+    ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    ax.set_xticks(range(NUM_CLASSES), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(NUM_CLASSES), names, fontsize=7)
+    for i, j in zip(*np.nonzero(cm)):
+        ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
+                color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

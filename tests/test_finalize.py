@@ -1,0 +1,191 @@
+"""search.finalize on the smoke dataset with a real local Ray and a real SQLite MLflow store.
+
+One finalize of five folds (2 epochs each) is shared by the tests below, which run in file
+order: the interruption test leaves the study finished again for the final-2 test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from maskclf import config
+from maskclf.errors import InputError
+from search import finalize
+from search.tracking import Tracker, tracking_uri
+from tests.conftest import SMOKE
+
+pytestmark = pytest.mark.integration
+ROOT = Path(__file__).resolve().parent.parent
+METRIC_KEYS = {"oof_f1", "fold_f1", "per_class_f1", "mask_acc", "gender_acc", "age_acc", "eval_f1",
+               "eval_f1_folds", "eval_f1_fold_mean"}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def study(ray_local, smoke_data, tmp_path_factory):
+    """A best_config.yaml as search.tune writes it (the smoke config, 2 epochs), finalized once."""
+    run_dir = tmp_path_factory.mktemp("finalize") / "runs"
+    overrides = [f"data.root={smoke_data}", f"run.dir={run_dir}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
+    best = config.apply(config.load(SMOKE, overrides), {"train.epochs": 2})
+    assert best.folds.n == 5
+    config.save(best, run_dir / "smoke" / "best_config.yaml")
+    cfg = finalize.load_best(SMOKE, None, overrides)  # found at <run.dir>/<study>/best_config.yaml
+    lines: list[str] = []
+    t0 = time.time()
+    metrics = finalize.run(cfg, log=lines.append)
+    print(f"first finalize: {time.time() - t0:.1f} s", file=sys.stderr)
+    return SimpleNamespace(cfg=cfg, overrides=overrides, metrics=metrics, lines=lines, data=smoke_data,
+                           final=run_dir / "smoke" / "final", best=run_dir / "smoke" / "best_config.yaml")
+
+
+def _tracker(cfg) -> Tracker:
+    return Tracker(tracking_uri(cfg), cfg.run.study)
+
+
+def _steps(tracker: Tracker, run_id: str, key: str = "val_f1") -> list[int]:
+    return [m.step for m in tracker.client.get_metric_history(run_id, key)]
+
+
+def test_outputs_of_a_five_fold_finalize(study):
+    out, m = study.final, study.metrics
+    assert study.cfg.train.epochs == 2 and m["folds"] == [0, 1, 2, 3, 4]
+    info = pd.read_csv(study.data / "eval" / "info.csv", dtype=str)
+    sub = pd.read_csv(out / "submission.csv", dtype={"ImageID": str})
+    assert list(sub.columns) == list(info.columns)
+    assert sub["ImageID"].tolist() == info["ImageID"].tolist() and sub["ImageID"].is_unique
+    assert sub["ans"].between(0, 17).all()
+
+    saved = json.loads((out / "metrics.json").read_text())
+    assert METRIC_KEYS <= set(saved) and saved["oof_f1"] == pytest.approx(m["oof_f1"])
+    assert len(saved["fold_f1"]) == 5 and len(saved["eval_f1_folds"]) == 5 and len(saved["per_class_f1"]) == 18
+    assert 0 <= saved["eval_f1"] <= 1 and "wear/female/<30" in saved["per_class_f1"]
+    assert saved["trained_folds"] == [0, 1, 2, 3, 4]
+
+    oof = pd.read_csv(out / "oof.csv", dtype={"person": str})
+    assert len(oof) == saved["images"] == 7 * 60 and set(oof["fold"]) == set(range(5))
+    assert {"person", "path", "fold", "label", "pred", "prob", "p0", "p17"} <= set(oof.columns)
+    assert oof.groupby("person")["fold"].nunique().max() == 1  # folds split by person
+    assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    assert config.load(out / "config.yaml").train.epochs == 2
+    for k in range(5):
+        assert (out / "folds" / f"fold{k}" / "checkpoint" / "state.pt").is_file()
+    assert sum("trained epochs 1-2" in line for line in study.lines) == 5
+    assert any(line.startswith("out-of-fold macro F1") and "eval macro F1" in line for line in study.lines)
+
+
+def test_mlflow_holds_the_finalize_run_its_folds_and_the_model(study):
+    tracker = _tracker(study.cfg)
+    [parent] = tracker.find("finalize")
+    assert parent.info.status == "FINISHED" and parent.data.tags["maskclf.key"] == "final"
+    assert parent.data.params["backbone"] == "test_resnet" and parent.data.params["tta"] == "True"
+    assert {"oof_f1", "eval_f1", "eval_f1_fold_mean"} <= set(parent.data.metrics)
+    artifacts = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
+    assert {"submission.csv", "oof.csv", "metrics.json", "confusion_matrix.png", "config.yaml"} <= artifacts
+    folds = tracker.find("fold", parent=parent.info.run_id)
+    assert sorted(int(r.data.tags["maskclf.key"]) for r in folds) == [0, 1, 2, 3, 4]
+    for r in folds:
+        assert r.info.status == "FINISHED" and r.data.params["fold"] == r.data.tags["maskclf.key"]
+        assert _steps(tracker, r.info.run_id) == [1, 2] and _steps(tracker, r.info.run_id, "train_loss") == [1, 2]
+        assert "fold_f1" in r.data.metrics
+    version = tracker.client.get_model_version_by_alias("smoke", "champion")
+    assert version.run_id == parent.info.run_id and int(version.version) == study.metrics["model_version"]
+
+
+def test_registered_model_predicts_in_a_fresh_process(study):
+    sub = pd.read_csv(study.final / "submission.csv", dtype={"ImageID": str}).head(3)
+    paths = [str(study.data / "eval" / "images" / i) for i in sub["ImageID"]]
+    script = ("import sys, mlflow\n"
+              "m = mlflow.pyfunc.load_model('models:/smoke@champion')\n"
+              "print('LABELS', *m.predict(sys.argv[1:]))\n")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(study.cfg)}
+    r = subprocess.run([sys.executable, "-c", script, *paths], cwd=study.final, env=env, capture_output=True,
+                       text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-3000:]
+    labels = [int(v) for v in r.stdout.split("LABELS", 1)[1].split()]
+    assert len(labels) == 3 and all(0 <= v < 18 for v in labels)
+    assert labels == sub["ans"].tolist()  # the served model crops and votes exactly as finalize did
+
+
+def test_interrupted_finalize_retrains_only_the_unfinished_fold(study):
+    ckpts = {k: study.final / "folds" / f"fold{k}" / "checkpoint" / "state.pt" for k in range(5)}
+    before = {k: p.stat().st_mtime_ns for k, p in ckpts.items()}
+    ckpts[3].unlink()
+    (study.final / "metrics.json").unlink()
+    lines: list[str] = []
+    m = finalize.run(study.cfg, log=lines.append)
+
+    assert m["trained_folds"] == [3] and (study.final / "metrics.json").is_file()
+    assert not (study.final.parent / "final-2").exists()
+    assert any(line.startswith("continuing the interrupted finalize") for line in lines)
+    assert sum("not retrained" in line for line in lines) == 4
+    assert any(line.startswith("fold 3: trained epochs 1-2") for line in lines)
+    for k in (0, 1, 2, 4):
+        assert ckpts[k].stat().st_mtime_ns == before[k]
+    assert ckpts[3].is_file()
+    assert len(pd.read_csv(study.final / "submission.csv")) == len(pd.read_csv(study.data / "eval" / "info.csv"))
+
+    tracker = _tracker(study.cfg)
+    [parent] = tracker.find("finalize")  # continued, not duplicated
+    assert parent.info.status == "FINISHED" and parent.data.tags["folds_trained"] == "3"
+    folds = tracker.find("fold", parent=parent.info.run_id)
+    assert len(folds) == 5
+    for r in folds:
+        assert _steps(tracker, r.info.run_id) == [1, 2]  # no epoch logged twice
+        retrained = r.data.tags["maskclf.key"] == "3"
+        assert ("not retrained" not in r.data.tags["last_finalize"]) == retrained
+
+
+def test_second_finalize_writes_final_2_and_keeps_final(study, capsys):
+    files = ("submission.csv", "metrics.json", "oof.csv")
+    before = {f: (study.final / f).read_bytes() for f in files}
+    rc = finalize.main(["--config", str(SMOKE), "--best", str(study.best), *study.overrides, "finalize.folds=0",
+                        "finalize.tta=false"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    second = study.final.parent / "final-2"
+    m = json.loads((second / "metrics.json").read_text())
+    assert m["folds"] == [0] and m["trained_folds"] == [0] and m["tta"] is False and "eval_f1" in m
+    assert {f: (study.final / f).read_bytes() for f in files} == before
+    assert str(second) in out and "out-of-fold macro F1" in out
+    tracker = _tracker(study.cfg)
+    assert sorted(r.data.tags["maskclf.key"] for r in tracker.find("finalize")) == ["final", "final-2"]
+
+
+def test_a_cluster_without_gpus_is_refused_before_anything_is_written(study, capsys):
+    rc = finalize.main(["--config", str(SMOKE), "--best", str(study.best), *study.overrides, "run.study=gpu",
+                        "search.gpus_per_trial=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "search.gpus_per_trial" in err[0]
+    assert not (study.final.parent.parent / "gpu" / "final").exists()
+
+
+def test_missing_best_config_is_one_line_and_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "search.finalize", "--config", str(SMOKE), f"run.dir={tmp_path}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert str(tmp_path / "smoke" / "best_config.yaml") in r.stderr and "python -m search.tune" in r.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_bad_fold_selection_is_reported(smoke_cfg):
+    with pytest.raises(InputError, match="finalize.folds"):
+        finalize.fold_list(config.apply(smoke_cfg, {"finalize.folds": "0,7"}))
+    assert finalize.fold_list(config.apply(smoke_cfg, {"finalize.folds": "3, 1"})) == [1, 3]
