@@ -17,7 +17,7 @@ from ray import tune
 
 from maskclf import config as config_mod
 from maskclf.config import Config
-from search.tracking import Tracker, run_name, trial_params
+from search.tracking import KEY_TAG, Tracker, run_name, trial_params
 
 SHOWN = ("val_f1", "val_loss", "train_loss", "val_acc", "mask_acc", "gender_acc", "age_acc", "f1_lt30", "f1_30_59",
          "f1_ge60", "lr", "epoch_time", "images_per_s")
@@ -29,7 +29,8 @@ class MlflowTrials(tune.Callback):
         self._tracker: Tracker | None = None
         self.parent: str | None = None
         self.runs: dict[str, str] = {}
-        self._warned = False
+        self.logged: dict[str, set[int]] = {}  # epochs already in each trial run: a resume never logs one twice
+        self._down = False  # after a failure MLflow is left alone until the end: no stalls per epoch
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment; a client does not travel
         state = dict(self.__dict__)
@@ -42,13 +43,19 @@ class MlflowTrials(tune.Callback):
             self._tracker = Tracker(self.uri, self.cfg.run.study)
         return self._tracker
 
-    def _safe(self, what: str, fn, *args, **kwargs):
+    def _safe(self, what: str, fn, *args, retry: bool = False, **kwargs):
+        if self._down and not retry:
+            return None
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            self._down = False
+            return result
         except Exception as e:  # the search must outlive a tracking outage
-            if not self._warned:
-                warnings.warn(f"MLflow logging failed ({what}: {type(e).__name__}: {e}); the search goes on")
-                self._warned = True
+            if not self._down:
+                reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                warnings.warn(f"MLflow at {self.uri} failed ({what}: {reason}); the search goes on without it. "
+                              f"Run the same command again afterwards to fill in MLflow from Tune's results.")
+            self._down = True
             return None
 
     def _parent(self) -> str:
@@ -71,8 +78,10 @@ class MlflowTrials(tune.Callback):
         if trial.trial_id not in self.runs:
             found = self.tracker.find("trial", key=trial.trial_id)
             if found:  # a resumed search continues the trial's run
-                self.runs[trial.trial_id] = found[0].info.run_id
-                return self.runs[trial.trial_id]
+                run = found[0].info.run_id
+                self.runs[trial.trial_id] = run
+                self.logged[run] = {m.step for m in self.tracker.client.get_metric_history(run, "val_f1")}
+                return run
             cfg = config_mod.apply(self.cfg, trial.config, where="trial parameters")
             number = len(self.tracker.find("trial", parent=self._parent())) + 1
             params = {**trial_params(cfg), "trial_id": trial.trial_id}
@@ -83,15 +92,21 @@ class MlflowTrials(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._safe("trial start", self._trial_run, trial)
 
+    def _log_epoch(self, run: str, result: dict) -> None:
+        epoch = int(result.get("epoch", 0))
+        done = self.logged.setdefault(run, set())
+        if epoch not in done:
+            self.tracker.log_metrics(run, {k: result[k] for k in SHOWN if k in result}, step=epoch)
+            done.add(epoch)
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        def log():
-            self.tracker.log_metrics(self._trial_run(trial), {k: result[k] for k in SHOWN if k in result},
-                                     step=int(result.get("epoch", 0)))
-        self._safe("trial result", log)
+        self._safe("trial result", lambda: self._log_epoch(self._trial_run(trial), result))
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         def done():
             run = self._trial_run(trial)
+            if self.tracker.status(run) == "FINISHED":
+                return  # finished before a kill; Tune's older snapshot only saw it running
             epochs = (trial.last_result or {}).get("epoch", 0)
             self.tracker.set_tags(run, {"epochs": epochs,
                                         "outcome": "full budget" if epochs >= self.cfg.train.epochs else "stopped by ASHA"})
@@ -110,6 +125,35 @@ class MlflowTrials(tune.Callback):
             self.tracker.finish(run, "FAILED")
         self._safe("trial error", failed)
 
+    def sync(self, results) -> None:
+        """Fill in from Tune's own records whatever MLflow missed (a tracking outage, a killed driver):
+        a run for every trial, every epoch's metrics, and how each trial ended."""
+        class _Trial:  # the parts of a Tune trial that _trial_run reads
+            def __init__(self, trial_id: str, config: dict):
+                self.trial_id, self.config = trial_id, config
+
+        def fill():
+            known = {(r.metrics or {}).get("trial_id") for r in results}
+            for run in self.tracker.find("trial", parent=self._parent()):
+                if run.info.status == "RUNNING" and run.data.tags.get(KEY_TAG) not in known:
+                    # started after the driver's last snapshot before a kill: Tune ran it again as a new trial
+                    self.tracker.set_tags(run.info.run_id, {"outcome": "lost with the killed driver; rerun as a new trial"})
+                    self.tracker.finish(run.info.run_id, "KILLED")
+            for r in results:
+                trial_id = (r.metrics or {}).get("trial_id")
+                if not trial_id:
+                    continue
+                run = self._trial_run(_Trial(trial_id, r.config))
+                hist = r.metrics_dataframe
+                for row in ([] if hist is None else hist.to_dict("records")):
+                    self._log_epoch(run, row)
+                status = "FAILED" if r.error else "FINISHED"
+                if self.tracker.status(run) != status:
+                    if r.error:
+                        self.tracker.set_tags(run, {"error": str(r.error).strip().splitlines()[-1][:500]})
+                    self.tracker.finish(run, status)
+        self._safe("filling in trial runs", fill, retry=True)
+
     def close_search(self, table: pd.DataFrame, best_config: Path) -> None:
         """Log the trials table, the best config and its score on the search run, and finish it."""
         def close():
@@ -124,4 +168,4 @@ class MlflowTrials(tune.Callback):
                                               "trials_failed": int((table["status"] == "error").sum())})
             self.tracker.set_tags(parent, {f"best.{k}": best[k] for k in self.cfg.search.space if k in best})
             self.tracker.finish(parent, "FINISHED")
-        self._safe("search end", close)
+        self._safe("search end", close, retry=True)

@@ -59,4 +59,6 @@ def top_table(table: pd.DataFrame, n: int = 5) -> str:
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]
     title = f"top {len(head)} of {len(table)} trials (by best val macro F1):"
-    return "\n".join([title, *lines])
+    failed = [f"trial {r['trial']} failed: {r['error']}" for _, r in table.iterrows()
+              if r["status"] == "error" and isinstance(r.get("error"), str)]
+    return "\n".join([title, *lines, *failed])

@@ -152,6 +152,9 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
 
     space_mod.validate(cfg)
     _check_same_study(cfg)
+    # MLflow's HTTP client retries a lost server for minutes per call; a search should not stall on it
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     uri = tracking_uri(cfg)
     tracker = Tracker(uri, cfg.run.study)  # a bad tracking store fails here, before any data or Ray work
     prep = object_store_ready(dataset.prepare(cfg, log=log))
@@ -176,6 +179,7 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
     best = report_mod.best_config(table, cfg)
     best_path = config_mod.save(best, study / "best_config.yaml")
     table.to_csv(study / "trials.csv", index=False)
+    callback.sync(results)
     callback.close_search(table, best_path)
     log(report_mod.top_table(table))
     log(f"best config: {best_path}")
