@@ -58,6 +58,13 @@ def test_corrupt_checkpoint_starts_over_with_warning(tmp_path):
     assert [m["epoch"] for m in res["history"]] == [1]
 
 
+def test_missing_checkpoint_starts_over_with_warning(tmp_path):
+    cfg = _cfg(tmp_path, **{"train.epochs": 1})
+    with pytest.warns(UserWarning, match="unreadable"):
+        res = engine.fit(cfg, _easy_samples(), _easy_samples(), out_dir=tmp_path / "run", resume=tmp_path / "gone")
+    assert [m["epoch"] for m in res["history"]] == [1]
+
+
 def test_load_model_predicts_like_the_trained_one(tmp_path):
     cfg = _cfg(tmp_path, **{"train.epochs": 1})
     s = _easy_samples()

@@ -142,6 +142,40 @@ def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_local, smoke_cfg
     assert _steps(tracker, run.info.run_id) == [1, 2, 3, 4]
 
 
+def test_corrupt_checkpoint_on_retry_starts_the_trial_over(ray_local, smoke_cfg, tmp_path):
+    import json
+
+    cfg = config.apply(smoke_cfg, {"search.num_samples": 1, "run.study": "corrupt", "train.epochs": 3,
+                                   "search.grace_period": 3, "search.max_failures": 1})
+    pid_file = tmp_path / "worker.pid"
+    trial_root = Path(tune_mod.storage_path(cfg)) / "corrupt"
+
+    def hang_after_epoch_2(params, **kw):
+        def hook(metrics):
+            if metrics["epoch"] == 2 and not pid_file.exists():
+                pid_file.write_text(str(os.getpid()))
+                time.sleep(120)
+        return tune_mod.train_trial(params, after_report=hook, **kw)
+
+    def corrupt_then_kill():
+        deadline = time.time() + 300
+        while not pid_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(0.5)
+        for state in trial_root.glob("*/checkpoint_*/state.pt"):
+            state.write_bytes(b"not a checkpoint")
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+    t = threading.Thread(target=corrupt_then_kill, daemon=True)
+    t.start()
+    table = tune_mod.run(cfg, trainable=hang_after_epoch_2)
+    t.join(timeout=5)
+    assert table.loc[0, "status"] == "done" and table.loc[0, "epochs"] == 3
+    (results,) = list(trial_root.glob("*/result.json"))
+    epochs = [json.loads(line)["epoch"] for line in results.read_text().splitlines() if line.strip()]
+    assert epochs == [1, 2, 1, 2, 3]  # the unreadable checkpoint was dropped and training started over
+
+
 def test_trials_that_cannot_work_end_as_errors_and_the_search_goes_on(ray_local, smoke_cfg):
     # lr 1e9 makes the loss NaN on the first epoch: a configuration that cannot work
     cfg = config.apply(smoke_cfg, {"run.study": "doomed", "search.num_samples": 4, "search.max_failures": 0,
