@@ -25,6 +25,7 @@ from search.tracking import Tracker, trial_params, tracking_uri
 from search.tune import study_dir
 
 DONE_FILE = "metrics.json"  # written last: its presence marks a finished finalize
+ANALYSIS_FILES = ("per_class_f1.png", "errors.png", "errors.csv")
 # Keys that change where or how fast a fold trains, not the model it yields.
 _RUNTIME_KEYS = {"folds.fold", "train.device", "train.num_workers", "train.threads", "faces.device",
                  "faces.batch_size", "faces.cache_dir"}
@@ -212,7 +213,8 @@ def _run_on_ray(cfg: Config, prep, todo: list[int], ckpt: dict[int, Path], done:
 
 
 def _oof(cfg: Config, prep, results: dict[int, dict]) -> tuple:
-    """Out-of-fold table, labels (real 30/60 bands) and probabilities over the selected folds, in train order."""
+    """Out-of-fold table, labels (real 30/60 bands), probabilities and train rows of the selected folds, in train
+    order."""
     from maskclf import data, folds, predict
 
     ks = sorted(results)
@@ -222,7 +224,7 @@ def _oof(cfg: Config, prep, results: dict[int, dict]) -> tuple:
     order = np.argsort(rows)
     rows, fold, probs = rows[order], fold[order], probs[order]
     labels = data.labels(prep.train.iloc[rows])
-    return predict.oof_table(prep.train, rows, fold, probs, labels), labels, probs
+    return predict.oof_table(prep.train, rows, fold, probs, labels), labels, probs, rows
 
 
 def _evaluate(cfg: Config, prep, results: dict[int, dict], out: Path, log: Callable[[str], None]) -> dict:
@@ -298,13 +300,14 @@ def run(cfg: Config, *, log: Callable[[str], None] = print) -> dict:
     out, parent = _start(cfg, tracker, ks, log)
     try:
         results = _train_folds(cfg, prep, ks, out, lambda k, r: _log_fold(tracker, parent, cfg, k, r), log)
-        table, labels, probs = _oof(cfg, prep, results)
+        table, labels, probs, rows = _oof(cfg, prep, results)
         m = _scores(cfg, results, labels, probs)
         m.update(_evaluate(cfg, prep, results, out, log))
         table.to_csv(out / "oof.csv", index=False)
         predict.save_confusion(labels, probs.argmax(1), out / "confusion_matrix.png",
                                f"{cfg.run.study}: out-of-fold confusion ({len(labels)} images, "
                                f"macro F1 {m['oof_f1']:.3f})")
+        _save_analysis(cfg, prep, table, labels, probs, rows, out)
         _log_results(tracker, parent, m, out)
         m["model_version"] = registry.register(tracker.uri, parent, cfg.run.study,
                                                {k: results[k]["ckpt"] for k in ks}, tta=cfg.finalize.tta,
@@ -324,6 +327,22 @@ def run(cfg: Config, *, log: Callable[[str], None] = print) -> dict:
     return m
 
 
+def _save_analysis(cfg: Config, prep, table, labels: np.ndarray, probs: np.ndarray, rows: np.ndarray,
+                   out: Path) -> None:
+    """per_class_f1.png, errors.png and errors.csv of the out-of-fold predictions."""
+    from maskclf import analysis
+
+    n = len(labels)
+    analysis.save_per_class_f1(labels, probs.argmax(1), out / "per_class_f1.png",
+                               f"{cfg.run.study}: out-of-fold per-class F1 ({n} images)")
+    paths, persons = table["path"].astype(str).tolist(), table["person"].astype(str).tolist()
+    analysis.save_error_table(labels, probs, out / "errors.csv", paths, persons)
+    # The whole crop store goes in with the rows: only the crops shown are read, never a copy of all.
+    analysis.save_error_sheet(labels, probs, prep.train_crops.images, out / "errors.png", crop_rows=rows,
+                              captions=[f"{p} · {Path(f).stem}" for p, f in zip(persons, paths)],
+                              title=f"{cfg.run.study}: most frequent out-of-fold confusions ({n} images)")
+
+
 def _log_results(tracker: Tracker, parent: str, m: dict, out: Path) -> None:
     tracker.log_metrics(parent, {k: v for k, v in m.items() if k in (
         "oof_f1", "oof_acc", "mask_acc", "gender_acc", "age_acc", "eval_f1", "eval_f1_fold_mean")})
@@ -331,7 +350,7 @@ def _log_results(tracker: Tracker, parent: str, m: dict, out: Path) -> None:
         tracker.log_metrics(parent, {"fold_f1": f1}, step=k)
     for k, f1 in zip(m["folds"], m.get("eval_f1_folds", [])):
         tracker.log_metrics(parent, {"eval_f1_fold": f1}, step=k)
-    for name in ("submission.csv", "oof.csv", "confusion_matrix.png", "config.yaml"):
+    for name in ("submission.csv", "oof.csv", "confusion_matrix.png", *ANALYSIS_FILES, "config.yaml"):
         tracker.log_artifact(parent, out / name)
 
 

@@ -160,7 +160,11 @@ class Tracker:
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
+    def ui_url(self, base: str = "http://127.0.0.1:5000") -> str:
+        """The experiment's runs in the MLflow UI (its "model training" view, not the GenAI one)."""
+        return f"{base}/#/experiments/{self.experiment_id}?workflowType=machine_learning"
+
     def ui_command(self) -> str:
         if self.uri.startswith(("http://", "https://")):
-            return f"open {self.uri} in a browser"
-        return f"mlflow ui --backend-store-uri {self.uri}"
+            return f"open {self.ui_url(self.uri.rstrip('/'))}"
+        return f"mlflow ui --backend-store-uri {self.uri}  then open {self.ui_url()}"

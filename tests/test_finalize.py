@@ -83,6 +83,12 @@ def test_outputs_of_a_five_fold_finalize(study):
     assert {"person", "path", "fold", "label", "pred", "prob", "p0", "p17"} <= set(oof.columns)
     assert oof.groupby("person")["fold"].nunique().max() == 1  # folds split by person
     assert (out / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    for png in ("per_class_f1.png", "errors.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    errors = pd.read_csv(out / "errors.csv", dtype={"person": str})
+    assert len(errors) == (oof["label"] != oof["pred"]).sum()
+    assert {"path", "person", "true", "pred", "prob"} <= set(errors.columns)
+    assert errors["pair_count"].is_monotonic_decreasing and set(errors["path"]) <= set(oof["path"])
     assert config.load(out / "config.yaml").train.epochs == 2
     for k in range(5):
         assert (out / "folds" / f"fold{k}" / "checkpoint" / "state.pt").is_file()
@@ -98,6 +104,7 @@ def test_mlflow_holds_the_finalize_run_its_folds_and_the_model(study):
     assert {"oof_f1", "eval_f1", "eval_f1_fold_mean"} <= set(parent.data.metrics)
     artifacts = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
     assert {"submission.csv", "oof.csv", "metrics.json", "confusion_matrix.png", "config.yaml"} <= artifacts
+    assert {"per_class_f1.png", "errors.png", "errors.csv"} <= artifacts
     folds = tracker.find("fold", parent=parent.info.run_id)
     assert sorted(int(r.data.tags["maskclf.key"]) for r in folds) == [0, 1, 2, 3, 4]
     for r in folds:
@@ -162,6 +169,7 @@ def test_second_finalize_writes_final_2_and_keeps_final(study, capsys):
     second = study.final.parent / "final-2"
     m = json.loads((second / "metrics.json").read_text())
     assert m["folds"] == [0] and m["trained_folds"] == [0] and m["tta"] is False and "eval_f1" in m
+    assert all((second / f).is_file() for f in finalize.ANALYSIS_FILES)  # one fold: a subset of the crops
     assert {f: (study.final / f).read_bytes() for f in files} == before
     assert str(second) in out and "out-of-fold macro F1" in out
     tracker = _tracker(study.cfg)
