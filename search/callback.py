@@ -8,6 +8,7 @@ A tracking failure mid-search is a warning, never the end of the search.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,16 @@ from search.tracking import KEY_TAG, Tracker, run_name, trial_params
 
 SHOWN = ("val_f1", "val_loss", "train_loss", "val_acc", "mask_acc", "gender_acc", "age_acc", "f1_lt30", "f1_30_59",
          "f1_ge60", "lr", "epoch_time", "images_per_s")
+
+
+def error_line(trial) -> str:
+    """The last line of a failed Tune trial's traceback (the exception and its message)."""
+    reason = getattr(trial, "error_file", None)
+    try:
+        text = Path(reason).read_text()[-4000:] if reason and Path(reason).is_file() else "see the Tune logs"
+    except OSError:
+        text = "see the Tune logs"
+    return text.strip().splitlines()[-1] if text.strip() else "unknown"
 
 
 class MlflowTrials(tune.Callback):
@@ -119,9 +130,7 @@ class MlflowTrials(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         def failed():
             run = self._trial_run(trial)
-            reason = getattr(trial, "error_file", None)
-            text = Path(reason).read_text()[-4000:] if reason and Path(reason).is_file() else "see the Tune logs"
-            self.tracker.set_tags(run, {"error": text.strip().splitlines()[-1] if text.strip() else "unknown"})
+            self.tracker.set_tags(run, {"error": error_line(trial)})
             self.tracker.finish(run, "FAILED")
         self._safe("trial error", failed)
 
@@ -154,14 +163,16 @@ class MlflowTrials(tune.Callback):
                     self.tracker.finish(run, status)
         self._safe("filling in trial runs", fill, retry=True)
 
-    def close_search(self, table: pd.DataFrame, best_config: Path) -> None:
-        """Log the trials table, the best config and its score on the search run, and finish it."""
+    def close_search(self, table: pd.DataFrame, best_config: Path, plots: list[Path] = ()) -> None:
+        """Log the trials table, the best config, the plots and the best score on the search run, and finish it."""
         def close():
             parent = self._parent()
             buf = io.StringIO()
             table.to_csv(buf, index=False)
             self.tracker.log_text(parent, buf.getvalue(), "trials.csv")
             self.tracker.log_artifact(parent, best_config)
+            for path in plots:
+                self.tracker.log_artifact(parent, path, "plots")
             best = table.dropna(subset=["best_val_f1"]).iloc[0]
             self.tracker.log_metrics(parent, {"best_val_f1": best["best_val_f1"], "trials": len(table),
                                               "trials_full_budget": int((table["status"] == "done").sum()),
@@ -169,3 +180,54 @@ class MlflowTrials(tune.Callback):
             self.tracker.set_tags(parent, {f"best.{k}": best[k] for k in self.cfg.search.space if k in best})
             self.tracker.finish(parent, "FINISHED")
         self._safe("search end", close, retry=True)
+
+
+class LiveTable(tune.Callback):
+    """One line per finished trial, and the top trials every few, in place of Tune's per-trial boxes.
+
+    Tune pickles its callbacks with the experiment, so this prints with ``print`` and holds
+    nothing but plain data.
+    """
+
+    def __init__(self, cfg: Config, every: int = 5, top: int = 3):
+        self.total, self.max_epochs, self.every, self.top = cfg.search.num_samples, cfg.train.epochs, every, top
+        self.keys = list(cfg.search.space)
+        self.shown = 0
+
+    def _row(self, trial, error: bool) -> dict:
+        last = trial.last_result or {}
+        epochs = int(last.get("epoch", 0) or 0)
+        status = "error" if error else ("done" if epochs >= self.max_epochs else "stopped")
+        # the best epoch, as the study ranks trials; Tune keeps it with the trial, so it survives a resume
+        best = ((getattr(trial, "metric_analysis", None) or {}).get("val_f1") or {}).get("max")
+        return {"trial": trial.trial_id, "status": status, "epochs": epochs, "val_f1": last.get("val_f1", math.nan),
+                "best_val_f1": float(best) if best is not None else last.get("val_f1", math.nan), "f1_ge60": last.get("f1_ge60", math.nan),
+                **{k: trial.config.get(k) for k in self.keys}}
+
+    def _finished(self, trials, trial, error: bool) -> None:
+        from search import report
+
+        try:
+            # Tune may still list the trial as running when it calls back
+            done = {t.trial_id: t for t in trials if t.status in ("TERMINATED", "ERROR")}
+            done[trial.trial_id] = trial
+            row = self._row(trial, error)
+            how = f"error: {error_line(trial)}" if error else (
+                "full budget" if row["status"] == "done" else "stopped by ASHA")
+            f1 = row["best_val_f1"]
+            f1 = "-" if math.isnan(f1) else f"{f1:.3f}"
+            print(f"[{len(done)}/{self.total} done] trial {trial.trial_id}: val_f1 {f1} after {row['epochs']} epochs "
+                  f"({how})", flush=True)
+            self.shown += 1
+            if self.shown % self.every == 0 and len(done) < self.total:
+                rows = [self._row(t, t.status == "ERROR" or t is trial and error) for t in done.values()]
+                table = pd.DataFrame(rows).sort_values("best_val_f1", ascending=False, na_position="last")
+                print(report.top_table(table.reset_index(drop=True), n=self.top), flush=True)
+        except Exception as e:  # a progress line is never worth a failed search
+            warnings.warn(f"progress line failed: {e}")
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        self._finished(trials, trial, error=False)
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        self._finished(trials, trial, error=True)

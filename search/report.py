@@ -3,11 +3,36 @@
 from __future__ import annotations
 
 import math
+import re
 
 import pandas as pd
 
 from maskclf import config as config_mod
 from maskclf.config import Config
+
+
+def trial_key(result) -> str:
+    """The name of a Tune result's trial in the tables: its trial id, else its folder's name."""
+    return (result.metrics or {}).get("trial_id") or (result.path or "").rsplit("/", 1)[-1]
+
+
+def curves(results) -> dict[str, pd.DataFrame]:
+    """Each trial's per-epoch metrics (``epoch``, ``val_f1``, ...), keyed like ``trials_table``."""
+    return {trial_key(r): r.metrics_dataframe for r in results if r.metrics_dataframe is not None}
+
+
+def start_order(results) -> list[str]:
+    """Trial keys in the order Tune created the trials.
+
+    Tune's trial ids are random; the running number sits after the id in the trial's folder name
+    (``train_trial_<id>_<n>_...``). A trial without one goes last.
+    """
+    def number(r) -> float:
+        key = trial_key(r)
+        m = re.search(rf"{re.escape(key)}_(\d+)", (r.path or "").rsplit("/", 1)[-1])
+        return int(m.group(1)) if m else math.inf
+
+    return [trial_key(r) for r in sorted(results, key=number)]
 
 
 def trials_table(results, cfg: Config) -> pd.DataFrame:
@@ -19,7 +44,7 @@ def trials_table(results, cfg: Config) -> pd.DataFrame:
         hist = r.metrics_dataframe
         best = float(hist["val_f1"].max()) if hist is not None and "val_f1" in hist else math.nan
         status = "error" if r.error else ("done" if m.get("epoch") == cfg.train.epochs else "stopped")
-        row = {"trial": m.get("trial_id") or (r.path or "").rsplit("/", 1)[-1], "status": status,
+        row = {"trial": trial_key(r), "status": status,
                "epochs": m.get("epoch", 0), "val_f1": m.get("val_f1", math.nan), "best_val_f1": best,
                "f1_ge60": m.get("f1_ge60", math.nan)}
         row.update({k: r.config.get(k) for k in keys})

@@ -12,6 +12,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -137,7 +138,8 @@ def _make_tuner(cfg: Config, trainable, callbacks: list, log: Callable[[str], No
         tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
                                     max_concurrent_trials=s.max_concurrent),
         run_config=tune.RunConfig(
-            name=cfg.run.study, storage_path=storage_path(cfg), callbacks=callbacks, verbose=1,
+            # verbose=0: Tune's per-trial status boxes flood the terminal; LiveTable prints a line per trial
+            name=cfg.run.study, storage_path=storage_path(cfg), callbacks=callbacks, verbose=0,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
@@ -148,7 +150,7 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
     """Run (or resume) the study of ``cfg``; returns the summary table of its trials (a DataFrame)."""
     from maskclf import dataset
     from search import report as report_mod
-    from search.callback import MlflowTrials
+    from search.callback import LiveTable, MlflowTrials
 
     space_mod.validate(cfg)
     _check_same_study(cfg)
@@ -172,7 +174,7 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
     fn = tune.with_parameters(trainable or train_trial, cfg=cfg, prep=prep)
     fn = tune.with_resources(fn, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
     callback = MlflowTrials(uri, cfg, dataset_summary=_summary(prep))
-    results = _make_tuner(cfg, fn, [callback], log).fit()
+    results = _make_tuner(cfg, fn, [callback, LiveTable(cfg)], log).fit()
     table = report_mod.trials_table(results, cfg)
     if table.empty or table["best_val_f1"].isna().all():
         raise RuntimeError(f"no trial of study '{cfg.run.study}' reported a result; see the errors above")
@@ -180,11 +182,24 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
     best_path = config_mod.save(best, study / "best_config.yaml")
     table.to_csv(study / "trials.csv", index=False)
     callback.sync(results)
-    callback.close_search(table, best_path)
+    callback.close_search(table, best_path, plots=_plots(table, results, cfg, study, log))
     log(report_mod.top_table(table))
     log(f"best config: {best_path}")
     log(f"browse the results: {tracker.ui_command()}")
     return table
+
+
+def _plots(table, results, cfg: Config, study: Path, log: Callable[[str], None]) -> list[Path]:
+    """The study's plots under ``<study>/plots``; they only show results, so any failure is a warning."""
+    from search import plots
+    from search import report as report_mod
+
+    try:
+        return plots.write_all(table, cfg.search.space, report_mod.curves(results), study / "plots", log=log,
+                               order=report_mod.start_order(results))
+    except Exception as e:
+        warnings.warn(f"the study's plots were not drawn: {e}")
+        return []
 
 
 def _summary(prep) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -37,15 +38,24 @@ def _history(tracker, run_id, key="val_f1"):
     return [m.step for m in tracker.client.get_metric_history(run_id, key)]
 
 
-def test_smoke_search_tracks_every_trial(ray_local, smoke_cfg, tmp_path):
+def test_smoke_search_tracks_every_trial(ray_local, smoke_cfg, tmp_path, capsys):
     table = tune_mod.run(smoke_cfg)
     assert len(table) == 2 and set(table["status"]) <= {"done", "stopped"}
     study = Path(smoke_cfg.run.dir) / "smoke"
     assert (study / "best_config.yaml").is_file() and (study / "trials.csv").is_file()
+    out = capsys.readouterr().out
+    assert "[1/2 done] trial " in out and "[2/2 done] trial " in out, out[-3000:]
+    assert re.search(r"val_f1 \d\.\d{3} after \d+ epochs \((stopped by ASHA|full budget)\)", out)
+    # two trials are too few to rank parameters by importance: that plot alone is skipped
+    assert "plot 'parameter importances' skipped" in out
+    plots = {"history.png", "parallel_coordinates.png", "learning_curves.png"}
+    assert {p.name for p in (study / "plots").iterdir()} == plots
 
     tracker, parents = _runs(smoke_cfg, "search")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
+    logged = tracker.client.list_artifacts(parent.info.run_id, "plots")
+    assert {Path(a.path).name for a in logged} == plots and all(a.file_size > 0 for a in logged)
     assert parent.data.params["num_samples"] == "2" and "space.train.lr" in parent.data.params
     exp = tracker.client.get_experiment(tracker.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
@@ -68,6 +78,46 @@ def test_smoke_search_tracks_every_trial(ray_local, smoke_cfg, tmp_path):
 
     assert train.main(["--config", str(study / "best_config.yaml"), "--quiet", "train.epochs=1",
                        f"run.dir={tmp_path / 'retrain'}"]) == 0
+
+
+class _Trial:
+    def __init__(self, trial_id, status, epochs, f1, config, error_file=None):
+        self.trial_id, self.status, self.config, self.error_file = trial_id, status, config, error_file
+        self.last_result = {"epoch": epochs, "val_f1": f1} if epochs else {}
+        self.metric_analysis = {"val_f1": {"max": f1}} if epochs else {}
+
+
+def test_live_table_prints_a_line_per_trial_and_the_top_trials(tmp_path, capsys):
+    import pickle
+
+    from search.callback import LiveTable
+
+    cfg = config.load(ROOT / "conf" / "smoke.yaml")
+    live = pickle.loads(pickle.dumps(LiveTable(cfg, every=2)))  # Tune pickles its callbacks
+    cfg = {"model.backbone": "test_resnet", "train.lr": 0.01}
+    a = _Trial("t_00000", "RUNNING", 6, 0.41, cfg)
+    b = _Trial("t_00001", "RUNNING", 2, 0.2, cfg)
+    err = tmp_path / "error.txt"
+    err.write_text("Traceback (most recent call last):\nRuntimeError: out of memory\n")
+    c = _Trial("t_00002", "RUNNING", 0, None, cfg, error_file=str(err))
+    live.on_trial_complete(0, [a, b, c], a)
+    a.status = "TERMINATED"
+    live.on_trial_complete(0, [a, b, c], b)
+    b.status = "TERMINATED"
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[1/2 done] trial t_00000: val_f1 0.410 after 6 epochs (full budget)"
+    assert out[1] == "[2/2 done] trial t_00001: val_f1 0.200 after 2 epochs (stopped by ASHA)"
+    assert len(out) == 2  # no table after the last trial: the final one follows right away
+    live.total = 3
+    live.shown = 1
+    live.on_trial_error(0, [a, b, c], c)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "[3/3 done] trial t_00002: val_f1 - after 0 epochs (error: RuntimeError: out of memory)"
+    live.total = 4
+    live.shown = 1
+    live.on_trial_complete(0, [a, b], a)
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].startswith("top 2 of 2 trials") and out[3].startswith("t_00000")
 
 
 def test_trial_that_raises_once_resumes_from_its_checkpoint(ray_local, smoke_cfg, tmp_path):
