@@ -126,7 +126,12 @@ def _make_tuner(cfg: Config, trainable, callbacks: list, log: Callable[[str], No
     exp_path = os.path.join(storage_path(cfg), cfg.run.study)
     if tune.Tuner.can_restore(exp_path):
         log(f"resuming study '{cfg.run.study}' from {exp_path}")
-        return tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True, resume_errored=True)
+        # Tune would reuse the callbacks pickled when the study started (an old tracking URI, old code);
+        # this run's callbacks are the ones whose results run() reads afterwards.
+        restored = tuner._local_tuner.get_run_config()
+        restored.callbacks, restored.verbose = callbacks, 0
+        return tuner
     s = cfg.search
     sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True,
                                          n_startup_trials=s.n_startup_trials)
