@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -71,3 +78,39 @@ def smoke_cfg(smoke_data: Path, tmp_path: Path) -> config.Config:
     """The real smoke config pointed at the session's dataset and a fresh run dir."""
     return config.load(SMOKE, {"data.root": str(smoke_data), "run.dir": str(tmp_path / "runs"),
                                "faces.cache_dir": str(smoke_data.parent / "cache")})
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A real local Ray with two CPUs, shared by the tests of one module."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_mlflow_server(backend_uri: str, port: int, artifacts: Path | None = None) -> subprocess.Popen:
+    """A real ``mlflow server`` on loopback, in a process group of its own: it starts helper
+    processes that outlive a plain SIGTERM, so callers stop it with ``os.killpg``."""
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+           "--backend-store-uri", backend_uri, "--workers", "1"]
+    if artifacts is not None:
+        cmd += ["--artifacts-destination", str(artifacts)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
+            return proc
+        except OSError:
+            if time.time() > deadline or proc.poll() is not None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                pytest.fail("mlflow server did not start")
+            time.sleep(0.5)

@@ -7,9 +7,6 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,6 +15,7 @@ from PIL import Image
 from maskclf import config
 from search import finalize, tune
 from search.tracking import Tracker, tracking_uri
+from tests.conftest import free_port, start_mlflow_server
 
 pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -25,42 +23,13 @@ if CHROMIUM is None and not os.environ.get("CI"):
     pytest.skip("no chromium here (.ci/run installs it)", allow_module_level=True)
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def ui(smoke_cfg):
     """``mlflow server`` on loopback over the run dir's store; its whole process group is stopped after."""
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", tracking_uri(smoke_cfg), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).close()
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, "mlflow server did not start"
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+    port = free_port()
+    proc = start_mlflow_server(tracking_uri(smoke_cfg), port)
+    yield f"http://127.0.0.1:{port}"
+    os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _chromium(url: str, profile: Path, *extra: str) -> str:

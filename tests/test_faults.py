@@ -19,19 +19,11 @@ import pytest
 from maskclf import config
 from search import tune as tune_mod
 from search.tracking import Tracker, tracking_uri
+from tests.conftest import free_port, start_mlflow_server
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "conf" / "smoke.yaml"
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
 
 
 def _tracker(cfg) -> Tracker:
@@ -112,28 +104,39 @@ def test_driver_killed_mid_search_resumes_without_losing_or_repeating_work(smoke
     assert "top 3 of 3 trials" in r.stdout
 
 
-def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_local, smoke_cfg, tmp_path):
-    cfg = config.apply(smoke_cfg, {"search.num_samples": 1, "run.study": "worker-killed", "train.epochs": 4,
-                                   "search.grace_period": 4, "search.max_failures": 2})
-    pid_file = tmp_path / "worker.pid"
-
-    def hang_after_epoch_2(params, **kw):
+def _hang_after_epoch_2(pid_file: Path):
+    """The product's trainable, except that its first attempt stops after epoch 2 and waits to be killed."""
+    def trainable(params, **kw):
         def hook(metrics):
             if metrics["epoch"] == 2 and not pid_file.exists():
                 pid_file.write_text(str(os.getpid()))
-                time.sleep(120)  # killed here
+                time.sleep(120)
         return tune_mod.train_trial(params, after_report=hook, **kw)
+    return trainable
 
-    def killer():
+
+def _kill_hung_worker(pid_file: Path, before=None) -> threading.Thread:
+    """SIGKILL the trial worker once it is waiting (after ``before()``), from a thread of this test."""
+    def kill():
         deadline = time.time() + 300
         while not pid_file.exists() and time.time() < deadline:
             time.sleep(0.2)
         time.sleep(0.5)
+        if before is not None:
+            before()
         os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
-    t = threading.Thread(target=killer, daemon=True)
+    t = threading.Thread(target=kill, daemon=True)
     t.start()
-    table = tune_mod.run(cfg, trainable=hang_after_epoch_2)
+    return t
+
+
+def test_killed_trial_worker_is_retried_from_its_checkpoint(ray_local, smoke_cfg, tmp_path):
+    cfg = config.apply(smoke_cfg, {"search.num_samples": 1, "run.study": "worker-killed", "train.epochs": 4,
+                                   "search.grace_period": 4, "search.max_failures": 2})
+    pid_file = tmp_path / "worker.pid"
+    t = _kill_hung_worker(pid_file)
+    table = tune_mod.run(cfg, trainable=_hang_after_epoch_2(pid_file))
     t.join(timeout=5)
     assert table.loc[0, "status"] == "done" and table.loc[0, "epochs"] == 4
     tracker = _tracker(cfg)
@@ -150,25 +153,12 @@ def test_corrupt_checkpoint_on_retry_starts_the_trial_over(ray_local, smoke_cfg,
     pid_file = tmp_path / "worker.pid"
     trial_root = Path(tune_mod.storage_path(cfg)) / "corrupt"
 
-    def hang_after_epoch_2(params, **kw):
-        def hook(metrics):
-            if metrics["epoch"] == 2 and not pid_file.exists():
-                pid_file.write_text(str(os.getpid()))
-                time.sleep(120)
-        return tune_mod.train_trial(params, after_report=hook, **kw)
-
-    def corrupt_then_kill():
-        deadline = time.time() + 300
-        while not pid_file.exists() and time.time() < deadline:
-            time.sleep(0.2)
-        time.sleep(0.5)
+    def corrupt():
         for state in trial_root.glob("*/checkpoint_*/state.pt"):
             state.write_bytes(b"not a checkpoint")
-        os.kill(int(pid_file.read_text()), signal.SIGKILL)
 
-    t = threading.Thread(target=corrupt_then_kill, daemon=True)
-    t.start()
-    table = tune_mod.run(cfg, trainable=hang_after_epoch_2)
+    t = _kill_hung_worker(pid_file, before=corrupt)
+    table = tune_mod.run(cfg, trainable=_hang_after_epoch_2(pid_file))
     t.join(timeout=5)
     assert table.loc[0, "status"] == "done" and table.loc[0, "epochs"] == 3
     (results,) = list(trial_root.glob("*/result.json"))
@@ -241,41 +231,14 @@ def test_a_finished_study_is_never_reused_with_another_config(smoke_cfg, tmp_pat
     assert (study / "best_config.yaml").read_text() == "kept"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _mlflow_server(store: Path, port: int) -> subprocess.Popen:
-    """A real MLflow tracking server on loopback, in a process group of its own (it starts helpers)."""
-    import urllib.request
-
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-                             "--artifacts-destination", str(store / "artifacts"), "--workers", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return proc
-        except OSError:
-            time.sleep(0.5)
-    os.killpg(proc.pid, signal.SIGKILL)
-    pytest.fail("mlflow server did not start")
-
-
 def test_tracking_outage_mid_search_then_filled_in_on_rerun(smoke_cfg, tmp_path):
-    store, port = tmp_path / "server", _free_port()
+    store, port = tmp_path / "server", free_port()
     store.mkdir()
     uri = f"http://127.0.0.1:{port}"
     args = _args(smoke_cfg, "outage", f"tracking.uri={uri}", "search.num_samples=3", "search.max_concurrent=1",
                  "train.epochs=4", "search.grace_period=4")
     cfg = config.load(SMOKE, args)
-    server = _mlflow_server(store, port)
+    server = start_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", port, store / "artifacts")
     search = _start("search.tune", args)
     try:
         def first_trial_done():
@@ -292,7 +255,7 @@ def test_tracking_outage_mid_search_then_filled_in_on_rerun(smoke_cfg, tmp_path)
     assert "the search goes on without it" in out and "top 3 of 3 trials" in out
     assert (Path(cfg.run.dir) / "outage" / "best_config.yaml").is_file()
 
-    server = _mlflow_server(store, port)
+    server = start_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", port, store / "artifacts")
     try:
         r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(SMOKE), *args], cwd=ROOT,
                            env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=600)

@@ -30,15 +30,6 @@ METRIC_KEYS = {"oof_f1", "fold_f1", "per_class_f1", "mask_acc", "gender_acc", "a
 
 
 @pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def study(ray_local, smoke_data, tmp_path_factory):
     """A best_config.yaml as search.tune writes it (the smoke config, 2 epochs), finalized once."""
     run_dir = tmp_path_factory.mktemp("finalize") / "runs"

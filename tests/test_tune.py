@@ -20,15 +20,6 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _runs(cfg, kind):
     t = Tracker(tracking_uri(cfg), cfg.run.study)
     return t, t.find(kind)
