@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import tempfile
 from pathlib import Path
@@ -21,12 +20,8 @@ import numpy as np
 from maskclf import config, dataset, engine
 from maskclf.errors import cli
 
-
-def _cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import append_row, machine  # noqa: E402
 
 
 @cli
@@ -50,17 +45,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>13}: val macro F1 {res['val_f1']:.3f}  gender acc {res['gender_acc']:.3f}  "
               f"age acc {res['age_acc']:.3f}  F1 <30 {res['f1_lt30']:.3f}  30-59 {res['f1_30_59']:.3f}  "
               f">=60 {res['f1_ge60']:.3f}", flush=True)
-    line = (f"| {datetime.date.today()} | {_cpu()}, {len(__import__('os').sched_getaffinity(0))} cores | "
-            f"{cfg.model.backbone} {cfg.model.head} {cfg.train.epochs} ep | {scores['person-level']['val_f1']:.3f} | "
-            f"{scores['image-level']['val_f1']:.3f} | `python bench/split_leak.py --config {args.config} "
-            f"{' '.join(args.overrides)}` |\n")
-    results = Path(__file__).with_name("RESULTS.md")
-    if not results.exists() or "## Split leak" not in results.read_text():
-        with results.open("a") as f:
-            f.write("\n## Split leak: person-level vs image-level validation\n\n"
-                    "| date | machine | config | person-level F1 | image-level F1 | command |\n|---|---|---|---|---|---|\n")
-    with results.open("a") as f:
-        f.write(line)
+    append_row("Split leak: person-level vs image-level validation",
+               ["date", "machine", "config", "person-level F1", "image-level F1", "command"],
+               [str(datetime.date.today()), machine(),
+                f"{cfg.model.backbone} {cfg.model.head} {cfg.train.epochs} ep",
+                f"{scores['person-level']['val_f1']:.3f}", f"{scores['image-level']['val_f1']:.3f}",
+                "`" + " ".join(["python bench/split_leak.py --config", args.config, *args.overrides]) + "`"])
     return 0
 
 
