@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     samples = prep.samples(rows, cfg.data.age_old)
     size, bs = cfg.train.image_size, cfg.train.batch_size
     mean, std = model.normalization(engine.build_model(cfg))
-    ours = engine._loader(samples, transforms.build(cfg.train.augment, size=size, mean=mean, std=std, train=True),
+    ours = engine.make_loader(samples, transforms.build(cfg.train.augment, size=size, mean=mean, std=std, train=True),
                           bs, args.workers, shuffle=True)
     base = DataLoader(_JpegDataset(prep.train["path"].iloc[rows].tolist(), samples.labels, size), batch_size=bs,
                       shuffle=True, num_workers=args.workers)

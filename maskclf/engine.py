@@ -113,7 +113,9 @@ def _scheduler(opt: torch.optim.Optimizer, t, updates_per_epoch: int):
     return sched
 
 
-def _loader(samples: Samples, tf, batch_size: int, workers: int, sampler=None, shuffle=False) -> DataLoader:
+def make_loader(samples: Samples, tf, batch_size: int, workers: int = 0, sampler=None,
+                shuffle: bool = False) -> DataLoader:
+    """The DataLoader that training and evaluation use over in-memory face crops."""
     return DataLoader(
         CropDataset(samples.images, samples.labels, tf),
         batch_size=batch_size,
@@ -215,8 +217,8 @@ def fit(
                                         generator=torch.Generator().manual_seed(t.seed))
     train_tf = transforms.build(t.augment, size=t.image_size, mean=mean, std=std, train=True, seed=t.seed)
     eval_tf = transforms.build("none", size=t.image_size, mean=mean, std=std, train=False)
-    train_dl = _loader(train, train_tf, t.batch_size, t.num_workers, sampler, shuffle=True)
-    val_dl = _loader(val, eval_tf, t.batch_size * 2, t.num_workers)
+    train_dl = make_loader(train, train_tf, t.batch_size, t.num_workers, sampler, shuffle=True)
+    val_dl = make_loader(val, eval_tf, t.batch_size * 2, t.num_workers)
     criterion = losses.create(t.loss, counts, label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma).to(device)
     opt = timm.optim.create_optimizer_v2(net, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
                                          momentum=t.momentum)

@@ -14,7 +14,6 @@ import numpy as np
 import pandas as pd
 import torch
 from PIL import Image, ImageOps
-from torch.utils.data import DataLoader
 
 from maskclf import engine, faces, transforms
 from maskclf import model as model_mod
@@ -45,8 +44,8 @@ def model_probs(net: model_mod.MaskNet, cfg: Config, crops: np.ndarray, *, tta: 
     crops = np.asarray(crops)
 
     def run(images: np.ndarray) -> np.ndarray:
-        ds = engine.CropDataset(images, np.zeros(len(images), np.int64), tf)
-        return engine.predict_probs(net, DataLoader(ds, batch_size=batch_size), device, cfg.train.amp)
+        loader = engine.make_loader(engine.Samples(images, np.zeros(len(images), np.int64)), tf, batch_size)
+        return engine.predict_probs(net, loader, device, cfg.train.amp)
 
     probs = run(crops)
     if tta and len(crops):
