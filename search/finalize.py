@@ -129,8 +129,11 @@ def _fold_task(cfg: Config, prep, k: int, out_dir: str, resume: dict[str, bytes]
     train, val = prep.fold(fold_cfg)
     engine.fit(fold_cfg, train, val, out_dir=out_dir, resume=ckpt if ckpt.is_dir() else None, log=lambda s: None)
     probs, history = _val_probs(fold_cfg, ckpt, val.images, fold_cfg.train.device)
+    from search.tune import node_name
+
     remote = ray.get_runtime_context().get_node_id() != driver_node
-    return {"fold": k, "probs": probs, "history": history, "files": _read_files(ckpt) if remote else None}
+    return {"fold": k, "probs": probs, "history": history, "node": node_name(),
+            "files": _read_files(ckpt) if remote else None}
 
 
 def _log_fold(tracker: Tracker, parent: str, cfg: Config, k: int, res: dict) -> None:
@@ -146,7 +149,8 @@ def _log_fold(tracker: Tracker, parent: str, cfg: Config, k: int, res: dict) -> 
             tracker.log_metrics(run, {n: v for n, v in m.items() if n != "epoch"}, step=m["epoch"])
     if tracker.client.get_run(run).data.metrics.get("fold_f1") != res["f1"]:
         tracker.log_metrics(run, {"fold_f1": res["f1"]})
-    tracker.set_tags(run, {"last_finalize": res["note"], "epochs": len(res["history"])})
+    tracker.set_tags(run, {"last_finalize": res["note"], "epochs": len(res["history"]), **(
+        {"node": res["node"]} if res.get("node") else {})})
     tracker.finish(run)
 
 
@@ -184,8 +188,9 @@ def _run_on_ray(cfg: Config, prep, todo: list[int], ckpt: dict[int, Path], done:
     from search.tune import object_store_ready
 
     s = cfg.search
+    # SPREAD: one fold per node first, so a cluster's GPUs train the folds side by side
     task = ray.remote(num_cpus=s.cpus_per_trial, num_gpus=s.gpus_per_trial, max_retries=s.max_failures,
-                      retry_exceptions=True)(_fold_task)
+                      retry_exceptions=True, scheduling_strategy="SPREAD")(_fold_task)
     prep_ref = ray.put(object_store_ready(Prepared(prep.train, prep.train_crops)))  # once, shared by every fold
     node = ray.get_runtime_context().get_node_id()
     pending, t0 = {}, time.perf_counter()
@@ -207,7 +212,8 @@ def _run_on_ray(cfg: Config, prep, todo: list[int], ckpt: dict[int, Path], done:
         files = res.pop("files")
         if files:  # trained on another node: keep the checkpoint on the driver too
             _write_files(ckpt[k], files)
-        finished(k, res, f"trained epochs {done[k] + 1}-{cfg.train.epochs} (done after {time.perf_counter() - t0:.0f} s)", True)
+        finished(k, res, f"trained epochs {done[k] + 1}-{cfg.train.epochs} on node {res['node']} "
+                         f"(done after {time.perf_counter() - t0:.0f} s)", True)
     if failed:
         raise RuntimeError("; ".join(failed) + " -- run the same command again to resume")
 
@@ -268,7 +274,8 @@ def _scores(cfg: Config, results: dict[int, dict], labels: np.ndarray, probs: np
             "fold_f1": [results[k]["f1"] for k in ks],
             "per_class_f1": {class_name(c): f for c, f in enumerate(per_class)},
             "tta": cfg.finalize.tta, "epochs": cfg.train.epochs, "images": int(len(labels)),
-            "trained_folds": [k for k in ks if results[k]["trained"]]}
+            "trained_folds": [k for k in ks if results[k]["trained"]],
+            "fold_nodes": {str(k): results[k]["node"] for k in ks if results[k].get("node")}}
 
 
 def _start(cfg: Config, tracker: Tracker, ks: list[int], log: Callable[[str], None]) -> tuple[Path, str]:
@@ -277,8 +284,9 @@ def _start(cfg: Config, tracker: Tracker, ks: list[int], log: Callable[[str], No
     if any(_epochs_done(out / "folds" / f"fold{k}" / "checkpoint") < cfg.train.epochs for k in ks):
         from search.tune import check_resources, connect
 
-        connect(cfg, log)
-        check_resources(cfg)  # a cluster that cannot run a fold is refused before anything is written
+        joined = connect(cfg, log)
+        # a cluster that cannot run a fold is refused before anything is written
+        check_resources(cfg, wait_s=600 if joined else 0, log=log)
     log(f"{'continuing the interrupted finalize' if out.exists() else 'finalizing'} in {out}: "
         f"folds {','.join(map(str, ks))} of {cfg.folds.n}, {cfg.train.epochs} epochs, {cfg.model.backbone}")
     out.mkdir(parents=True, exist_ok=True)

@@ -46,7 +46,7 @@ def trials_table(results, cfg: Config) -> pd.DataFrame:
         status = "error" if r.error else ("done" if m.get("epoch") == cfg.train.epochs else "stopped")
         row = {"trial": trial_key(r), "status": status,
                "epochs": m.get("epoch", 0), "val_f1": m.get("val_f1", math.nan), "best_val_f1": best,
-               "f1_ge60": m.get("f1_ge60", math.nan)}
+               "f1_ge60": m.get("f1_ge60", math.nan), "node": m.get("node")}
         row.update({k: r.config.get(k) for k in keys})
         if r.error:
             row["error"] = str(r.error).strip().splitlines()[-1][:200]
@@ -78,7 +78,7 @@ def _fmt(v) -> str:
 def top_table(table: pd.DataFrame, n: int = 5) -> str:
     """The best ``n`` trials as fixed-width text."""
     first = ["trial", "best_val_f1", "val_f1", "f1_ge60", "epochs", "status"]
-    cols = first + [c for c in table.columns if c not in (*first, "error")]
+    cols = first + [c for c in table.columns if c not in (*first, "error", "node")]
     head = table.head(n)
     cells = [[c.split(".")[-1] for c in cols]] + [[_fmt(r[c]) for c in cols] for _, r in head.iterrows()]
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]

@@ -1,0 +1,98 @@
+"""The search and finalize on a real multi-node Ray: a head with no CPUs and two worker nodes on
+this machine (``ray.cluster_utils.Cluster``), so every trial and fold runs on a worker node.
+
+The tests run in file order: the search's best config is what the finalize test finalizes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from maskclf import config
+from maskclf.errors import InputError
+from search import finalize
+from search import tune as tune_mod
+from tests.conftest import SMOKE
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head (the driver's node, no CPUs: like a cluster's head) and two one-CPU worker nodes."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    for _ in range(2):
+        c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster_run(smoke_data, tmp_path_factory) -> dict:
+    base = tmp_path_factory.mktemp("cluster")
+    cache = base / "cache"  # a copy of the session's crop cache (when built yet), which a trial below deletes
+    if (smoke_data.parent / "cache").is_dir():
+        shutil.copytree(smoke_data.parent / "cache", cache)
+    return {"data.root": str(smoke_data), "run.dir": str(base / "runs"), "faces.cache_dir": str(cache),
+            "search.storage_path": str(base / "shared" / "tune")}
+
+
+def _without_cache(cache: Path):
+    """The product's trainable, started only after the crop cache is gone from the disk."""
+    def trainable(params, **kw):
+        shutil.rmtree(cache, ignore_errors=True)
+        assert not cache.exists()
+        return tune_mod.train_trial(params, **kw)
+    return trainable
+
+
+def test_search_refuses_a_local_storage_path_on_a_multi_node_cluster(cluster, cluster_run, capsys):
+    cfg = config.load(SMOKE, {**cluster_run, "search.storage_path": "", "run.study": "refused"})
+    with pytest.raises(InputError) as e:
+        tune_mod.run(cfg)
+    assert "3 nodes" in str(e.value) and "search.storage_path" in str(e.value) and "s3://" in str(e.value)
+    assert not (Path(cluster_run["run.dir"]) / "refused").exists()  # nothing started, nothing written
+    r = tune_mod.main(["--config", str(SMOKE), *[f"{k}={v}" for k, v in cluster_run.items() if k != "search.storage_path"],
+                       f"search.address={cluster.address}", "run.study=refused"])
+    assert r == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "search.storage_path is not set" in errors[0]
+
+
+def test_search_on_three_nodes_spreads_trials_and_never_reads_the_crop_cache(cluster, cluster_run):
+    cfg = config.load(SMOKE, cluster_run)
+    cache = Path(cluster_run["faces.cache_dir"])
+    table = tune_mod.run(cfg, trainable=_without_cache(cache), log=lambda s: None)
+    assert not cache.exists()  # the trials deleted it before training, and trained
+    assert len(table) == 2 and (table["status"] != "error").all() and table["best_val_f1"].notna().all()
+    assert table["node"].nunique() == 2, table[["trial", "node"]]
+    head = cluster.head_node.node_id[:6]
+    assert not any(n.endswith(head) for n in table["node"])  # the CPU-less head ran no trial
+    trials = pd.read_csv(Path(cluster_run["run.dir"]) / "smoke" / "trials.csv")
+    assert set(trials["node"]) == set(table["node"])
+    assert any((Path(cluster_run["search.storage_path"]) / "smoke").iterdir())  # Tune's records on shared storage
+
+
+def test_finalize_on_three_nodes_spreads_folds(cluster, cluster_run):
+    best = Path(cluster_run["run.dir"]) / "smoke" / "best_config.yaml"
+    cfg = finalize.load_best(SMOKE, best, [f"{k}={v}" for k, v in cluster_run.items()] + ["train.epochs=2"])
+    lines: list[str] = []
+    m = finalize.run(cfg, log=lines.append)
+    assert m["folds"] == [0, 1, 2, 3, 4] and 0 <= m["oof_f1"] <= 1
+    assert len(set(m["fold_nodes"].values())) == 2, m["fold_nodes"]
+    out = Path(cluster_run["run.dir"]) / "smoke" / "final"
+    assert json.loads((out / "metrics.json").read_text())["fold_nodes"] == m["fold_nodes"]
+    for k in range(5):  # every checkpoint trained on a worker node is back on the driver
+        assert (out / "folds" / f"fold{k}" / "checkpoint").is_dir()
+    assert (out / "submission.csv").is_file()
