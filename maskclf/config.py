@@ -100,12 +100,20 @@ class SearchConfig:
     max_concurrent: int = 2  # trials running at once (TPE learns more from fewer in flight)
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     reduction_factor: int = 2  # ASHA: keep 1/reduction_factor at each rung
-    seed: int = 0  # seeds TPE
+    seed: int = 0  # seeds the sampler (TPE or random)
     n_startup_trials: int = 4  # random trials before TPE models the history
+    sampler: str = "tpe"  # tpe | random (Optuna's seeded RandomSampler): the baseline a search must beat
+    scheduler: str = "asha"  # asha | fifo (no early stopping: every trial trains train.epochs)
+    budget_epochs: int = 0  # stop the study once its trials trained this many epochs in all (0 = no limit)
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # fractions allowed (0.5 = two trials per GPU)
     max_failures: int = 1  # retries of a crashed trial, resumed from its last checkpoint
-    address: str = ""  # Ray cluster address; "" = RAY_ADDRESS or a local Ray
+    # MLflow writes on a thread of their own, batched per trial: Tune's loop, which every trial's
+    # report waits on, never waits on the tracking store (false: written in the loop, as before)
+    log_in_background: bool = True
+    # a finished trial's process runs the next trial: no process start, imports or CUDA set-up per trial
+    reuse_actors: bool = False
+    address: str = ""  # Ray cluster address; "" = RAY_ADDRESS, else a Ray running on this node, else a new one; "local" = always a new one
     storage_path: str = ""  # Tune results; must be shared storage on a multi-node cluster
     space: dict = field(default_factory=dict)  # dotted config key -> distribution
 
@@ -307,6 +315,8 @@ def value_problems(cfg: Config) -> list[str]:
     _check_choice(p, "train.sampler", cfg.train.sampler, ["none", "weighted"])
     _check_choice(p, "train.optimizer", cfg.train.optimizer, engine.optimizer_names())
     _check_choice(p, "train.scheduler", cfg.train.scheduler, list(engine.SCHEDULERS))
+    _check_choice(p, "search.sampler", cfg.search.sampler, ["tpe", "random"])
+    _check_choice(p, "search.scheduler", cfg.search.scheduler, ["asha", "fifo"])
     err = model.backbone_problem(cfg.model.backbone)
     if err:
         p.append(f"model.backbone: {err}")
@@ -330,6 +340,8 @@ def value_problems(cfg: Config) -> list[str]:
         p.append(f"data.age_old must be in 31..90, got {cfg.data.age_old}")
     if cfg.search.gpus_per_trial < 0:
         p.append(f"search.gpus_per_trial must be >= 0, got {cfg.search.gpus_per_trial}")
+    if cfg.search.budget_epochs < 0:
+        p.append(f"search.budget_epochs must be >= 0 (0 = no limit), got {cfg.search.budget_epochs}")
     if cfg.search.reduction_factor < 2:
         p.append(f"search.reduction_factor must be >= 2, got {cfg.search.reduction_factor}")
     return p

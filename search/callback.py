@@ -3,12 +3,19 @@
 Logging from the driver means worker nodes never need to reach the tracking server,
 and a resumed search finds its runs again by tag instead of logging them twice.
 A tracking failure mid-search is a warning, never the end of the search.
+
+With ``search.log_in_background`` (the default) the writes leave Tune's event loop: they go,
+in order, to a writer thread that logs each trial's pending epochs in one batch, so a slow
+tracking store delays MLflow, not the trials waiting for the driver to take their results.
 """
 
 from __future__ import annotations
 
 import io
 import math
+import queue
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -34,6 +41,16 @@ def error_line(trial) -> str:
     return text.strip().splitlines()[-1] if text.strip() else "unknown"
 
 
+def outcome(cfg: Config, epochs: int) -> str:
+    """How a trial that ended without an error ended, in words."""
+    if epochs >= cfg.train.epochs:
+        return "full budget"
+    if cfg.search.budget_epochs:  # the study's epoch budget stops trials as well as the scheduler
+        return "stopped early (ASHA or the study's epoch budget)" if cfg.search.scheduler == "asha" \
+            else "stopped by the study's epoch budget"
+    return "stopped by ASHA"
+
+
 class MlflowTrials(tune.Callback):
     def __init__(self, uri: str, cfg: Config, dataset_summary: dict | None = None):
         self.uri, self.cfg, self.summary = uri, cfg, dataset_summary or {}
@@ -42,10 +59,14 @@ class MlflowTrials(tune.Callback):
         self.runs: dict[str, str] = {}
         self.logged: dict[str, set[int]] = {}  # epochs already in each trial run: a resume never logs one twice
         self._down = False  # after a failure MLflow is left alone until the end: no stalls per epoch
+        self.background = cfg.search.log_in_background
+        self._index: dict[str, str] | None = None  # trial id -> run of this search's trial runs, read once
+        self._jobs: queue.SimpleQueue | None = None
+        self._writer: threading.Thread | None = None
 
-    def __getstate__(self):  # Tune pickles callbacks with the experiment; a client does not travel
+    def __getstate__(self):  # Tune pickles callbacks with the experiment; a client or a thread does not travel
         state = dict(self.__dict__)
-        state["_tracker"] = None
+        state["_tracker"] = state["_jobs"] = state["_writer"] = None
         return state
 
     @property
@@ -85,23 +106,87 @@ class MlflowTrials(tune.Callback):
     def setup(self, **info) -> None:
         self._safe("search run", self._parent)
 
+    def _known(self) -> dict[str, str]:
+        """Trial id -> run of the trial runs already under this search (one query, then kept up to date)."""
+        if self._index is None:
+            self._index = {r.data.tags.get(KEY_TAG): r.info.run_id
+                           for r in self.tracker.find("trial", parent=self._parent())}
+        return self._index
+
     def _trial_run(self, trial) -> str:
         if trial.trial_id not in self.runs:
-            found = self.tracker.find("trial", key=trial.trial_id)
-            if found:  # a resumed search continues the trial's run
-                run = found[0].info.run_id
+            if self.background:
+                run = self._known().get(trial.trial_id)
+            else:  # a query per trial, and one more for its number: both grow with the study
+                found = self.tracker.find("trial", key=trial.trial_id)
+                run = found[0].info.run_id if found else None
+            if run:  # a resumed search continues the trial's run
                 self.runs[trial.trial_id] = run
                 self.logged[run] = {m.step for m in self.tracker.client.get_metric_history(run, "val_f1")}
                 return run
             cfg = config_mod.apply(self.cfg, trial.config, where="trial parameters")
-            number = len(self.tracker.find("trial", parent=self._parent())) + 1
+            number = (len(self._known()) if self.background
+                      else len(self.tracker.find("trial", parent=self._parent()))) + 1
             params = {**trial_params(cfg), "trial_id": trial.trial_id}
             self.runs[trial.trial_id] = self.tracker.start("trial", run_name(cfg, f"#{number}"), key=trial.trial_id,
                                                            parent=self._parent(), params=params, reuse=False)
+            if self._index is not None:
+                self._index[trial.trial_id] = self.runs[trial.trial_id]
         return self.runs[trial.trial_id]
 
+    def _submit(self, what: str, trial, job) -> None:
+        """Do ``job`` now, or queue it for the writer thread when logging in the background.
+
+        ``job`` is a function, or a trial's result (a dict), which the writer batches with the
+        trial's other pending results."""
+        if not self.background:
+            if callable(job):
+                self._safe(what, job)
+            else:
+                self._safe(what, lambda: self._log_epoch(self._trial_run(trial), job))
+            return
+        if self._writer is None:
+            self._jobs = queue.SimpleQueue()
+            self._writer = threading.Thread(target=self._write, args=(self._jobs,), name="mlflow-trials", daemon=True)
+            self._writer.start()
+        self._jobs.put((what, trial, job))
+
+    def _write(self, jobs: queue.SimpleQueue) -> None:
+        """The writer thread: every queued job in order, each trial's consecutive results in one batch."""
+        while True:
+            batch = [jobs.get()]
+            while not jobs.empty() and len(batch) < 1000:
+                batch.append(jobs.get())
+            pending: dict[str, tuple] = {}  # trial id -> (trial, its results not yet written)
+            stop = False
+            for job in batch:
+                if job is None:  # flush() puts it last
+                    stop = True
+                    break
+                what, trial, work = job
+                if not callable(work):
+                    pending.setdefault(trial.trial_id, (trial, []))[1].append(work)
+                    continue
+                if trial.trial_id in pending:  # its results first: they came first
+                    self._safe("trial result", self._log_epochs, *pending.pop(trial.trial_id))
+                self._safe(what, work)
+            for trial, results in pending.values():
+                self._safe("trial result", self._log_epochs, trial, results)
+            if stop:
+                return
+
+    def flush(self) -> None:
+        """Wait until every queued write is done (Tune calls this at the end of a search)."""
+        if self._writer is not None:
+            self._jobs.put(None)
+            self._writer.join()
+            self._writer = self._jobs = None
+
+    def on_experiment_end(self, trials, **info) -> None:
+        self.flush()
+
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self._safe("trial start", self._trial_run, trial)
+        self._submit("trial start", trial, lambda: self._trial_run(trial))
 
     def _log_epoch(self, run: str, result: dict) -> None:
         epoch = int(result.get("epoch", 0))
@@ -110,8 +195,21 @@ class MlflowTrials(tune.Callback):
             self.tracker.log_metrics(run, {k: result[k] for k in SHOWN if k in result}, step=epoch)
             done.add(epoch)
 
+    def _log_epochs(self, trial, results: list[dict]) -> None:
+        """Epochs of one trial not yet in its run, in one request."""
+        from mlflow.entities import Metric
+
+        run = self._trial_run(trial)
+        done, now = self.logged.setdefault(run, set()), int(time.time() * 1000)
+        new = {int(r.get("epoch", 0)): r for r in results if int(r.get("epoch", 0)) not in done}
+        items = [Metric(k, float(r[k]), now, epoch) for epoch, r in new.items() for k in SHOWN
+                 if isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) and math.isfinite(r[k])]
+        for i in range(0, len(items), 1000):  # MLflow takes at most 1000 metrics per batch
+            self.tracker.client.log_batch(run, metrics=items[i:i + 1000])
+        done.update(new)
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self._safe("trial result", lambda: self._log_epoch(self._trial_run(trial), result))
+        self._submit("trial result", trial, {k: result[k] for k in ("epoch", *SHOWN) if k in result})
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         def done():
@@ -119,20 +217,20 @@ class MlflowTrials(tune.Callback):
             if self.tracker.status(run) == "FINISHED":
                 return  # finished before a kill; Tune's older snapshot only saw it running
             epochs = (trial.last_result or {}).get("epoch", 0)
-            self.tracker.set_tags(run, {"epochs": epochs,
-                                        "outcome": "full budget" if epochs >= self.cfg.train.epochs else "stopped by ASHA"})
+            self.tracker.set_tags(run, {"epochs": epochs, "node": (trial.last_result or {}).get("node", "-"),
+                                        "outcome": outcome(self.cfg, epochs)})
             self.tracker.finish(run, "FINISHED")
-        self._safe("trial end", done)
+        self._submit("trial end", trial, done)
 
     def on_trial_recover(self, iteration, trials, trial, **info) -> None:
-        self._safe("trial retry", lambda: self.tracker.set_tags(self._trial_run(trial), {"retried": "yes"}))
+        self._submit("trial retry", trial, lambda: self.tracker.set_tags(self._trial_run(trial), {"retried": "yes"}))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         def failed():
             run = self._trial_run(trial)
             self.tracker.set_tags(run, {"error": error_line(trial)})
             self.tracker.finish(run, "FAILED")
-        self._safe("trial error", failed)
+        self._submit("trial error", trial, failed)
 
     def sync(self, results) -> None:
         """Fill in from Tune's own records whatever MLflow missed (a tracking outage, a killed driver):
@@ -161,10 +259,13 @@ class MlflowTrials(tune.Callback):
                     if r.error:
                         self.tracker.set_tags(run, {"error": str(r.error).strip().splitlines()[-1][:500]})
                     self.tracker.finish(run, status)
+        self.flush()
         self._safe("filling in trial runs", fill, retry=True)
 
     def close_search(self, table: pd.DataFrame, best_config: Path, plots: list[Path] = ()) -> None:
         """Log the trials table, the best config, the plots and the best score on the search run, and finish it."""
+        self.flush()
+
         def close():
             parent = self._parent()
             buf = io.StringIO()
@@ -190,7 +291,8 @@ class LiveTable(tune.Callback):
     """
 
     def __init__(self, cfg: Config, every: int = 5, top: int = 3):
-        self.total, self.max_epochs, self.every, self.top = cfg.search.num_samples, cfg.train.epochs, every, top
+        self.cfg, self.every, self.top = cfg, every, top
+        self.total, self.max_epochs = cfg.search.num_samples, cfg.train.epochs
         self.keys = list(cfg.search.space)
         self.shown = 0
 
@@ -213,7 +315,7 @@ class LiveTable(tune.Callback):
             done[trial.trial_id] = trial
             row = self._row(trial, error)
             how = f"error: {error_line(trial)}" if error else (
-                "full budget" if row["status"] == "done" else "stopped by ASHA")
+                outcome(self.cfg, row["epochs"]))
             f1 = row["best_val_f1"]
             f1 = "-" if math.isnan(f1) else f"{f1:.3f}"
             print(f"[{len(done)}/{self.total} done] trial {trial.trial_id}: val_f1 {f1} after {row['epochs']} epochs "

@@ -85,7 +85,8 @@ def ray_local():
     """A real local Ray with two CPUs, shared by the tests of one module."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": a new Ray even when another runs on this machine (`ray start`, a dev cluster)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -1,0 +1,75 @@
+"""search.sampler, search.scheduler and search.budget_epochs: validation, and real smoke studies on a local Ray."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from maskclf import config
+from maskclf.errors import InputError
+from search import tune as tune_mod
+from tests.conftest import ROOT, SMOKE
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("search.sampler", "grid", "search.sampler: unknown 'grid'"),
+    ("search.scheduler", "hyperband", "search.scheduler: unknown 'hyperband'"),
+    ("search.budget_epochs", -1, "search.budget_epochs must be >= 0"),
+])
+def test_bad_search_option_is_an_input_error_naming_the_key(key, value, expected):
+    with pytest.raises(InputError) as e:
+        config.load(SMOKE, {key: value})
+    assert expected in e.value.message()
+
+
+def test_unknown_sampler_and_scheduler_list_the_valid_names():
+    with pytest.raises(InputError) as e:
+        config.load(SMOKE, {"search.sampler": "tpee", "search.scheduler": "fif"})
+    msg = e.value.message()
+    assert "(closest: tpe); choose from [random, tpe]" in msg
+    assert "(closest: fifo); choose from [asha, fifo]" in msg
+
+
+def test_bad_search_option_on_the_command_line_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(SMOKE), f"run.dir={tmp_path}",
+                        "search.scheduler=median"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert "search.scheduler: unknown 'median'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "tune").exists()
+
+
+def test_epoch_budget_counts_each_trials_highest_epoch():
+    stop = tune_mod.epoch_budget(6, {"a": 2})
+    assert not stop("b", {"epoch": 1}) and not stop("b", {"epoch": 3})  # 2 + 3
+    assert not stop("b", {"epoch": 3})  # a repeated result (a retried trial) is not counted twice
+    assert not stop.stop_all()
+    assert stop("c", {"epoch": 1}) and stop.stop_all()
+
+
+def _total_epochs(table) -> int:
+    return int(table["epochs"].fillna(0).sum())
+
+
+@pytest.mark.integration
+def test_fifo_with_random_sampler_trains_every_trial_to_the_end(ray_local, smoke_cfg):
+    cfg = config.apply(smoke_cfg, {"run.study": "fifo", "search.scheduler": "fifo", "search.sampler": "random",
+                                   "search.num_samples": 3, "train.epochs": 3, "search.grace_period": 1})
+    table = tune_mod.run(cfg)
+    assert len(table) == 3
+    assert list(table["epochs"]) == [3, 3, 3] and set(table["status"]) == {"done"}
+
+
+@pytest.mark.integration
+def test_budget_stops_the_study_and_a_rerun_trains_no_more(ray_local, smoke_cfg):
+    budget, concurrent = 7, smoke_cfg.search.max_concurrent
+    cfg = config.apply(smoke_cfg, {"run.study": "budget", "search.num_samples": 20, "train.epochs": 3,
+                                   "search.grace_period": 1, "search.budget_epochs": budget})
+    table = tune_mod.run(cfg)
+    spent = _total_epochs(table)
+    # the trials still running when the budget is reached may each add the epoch they were training
+    assert budget <= spent <= budget + concurrent - 1
+    assert (table["epochs"] > 0).sum() < 20
+    again = tune_mod.run(cfg)  # the study is restored with the epochs it already trained
+    assert _total_epochs(again) == spent
