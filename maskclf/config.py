@@ -109,9 +109,10 @@ class SearchConfig:
     gpus_per_trial: float = 0.0  # fractions allowed (0.5 = two trials per GPU)
     max_failures: int = 1  # retries of a crashed trial, resumed from its last checkpoint
     # MLflow writes on a thread of their own, batched per trial: Tune's loop, which every trial's
-    # report waits on, never waits on the tracking store (false: written in the loop, as before)
+    # report waits on, never waits on the tracking store (false: written inside Tune's loop)
     log_in_background: bool = True
-    # a finished trial's process runs the next trial: no process start, imports or CUDA set-up per trial
+    # a finished trial's process runs the next trial: no process start, imports or CUDA set-up per trial;
+    # off by default, so that each trial starts with its own fresh memory and CUDA state
     reuse_actors: bool = False
     address: str = ""  # Ray cluster address; "" = RAY_ADDRESS, else a Ray running on this node, else a new one; "local" = always a new one
     storage_path: str = ""  # Tune results; must be shared storage on a multi-node cluster

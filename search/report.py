@@ -40,6 +40,8 @@ def trials_table(results, cfg: Config) -> pd.DataFrame:
     keys = list(cfg.search.space)
     rows = []
     for r in results:
+        if r.config is None and not r.metrics:  # never started: a study stopped by its epoch budget
+            continue
         m = r.metrics or {}
         hist = r.metrics_dataframe
         best = float(hist["val_f1"].max()) if hist is not None and "val_f1" in hist else math.nan
@@ -47,7 +49,7 @@ def trials_table(results, cfg: Config) -> pd.DataFrame:
         row = {"trial": trial_key(r), "status": status,
                "epochs": m.get("epoch", 0), "val_f1": m.get("val_f1", math.nan), "best_val_f1": best,
                "f1_ge60": m.get("f1_ge60", math.nan), "node": m.get("node")}
-        row.update({k: r.config.get(k) for k in keys})
+        row.update({k: (r.config or {}).get(k) for k in keys})
         if r.error:
             row["error"] = str(r.error).strip().splitlines()[-1][:200]
         rows.append(row)

@@ -21,6 +21,9 @@ from maskclf.labels import STEM_TO_MASK
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "conf" / "smoke.yaml"
+# Every Ray the tests start is their own: a bare ray.init() or the commands' "join the Ray running
+# on this node" would otherwise attach to whatever else runs here (a `ray up`, a benchmark).
+os.environ["RAY_ADDRESS"] = "local"
 
 
 def write_person(images: Path, folder: str, exts=(".jpg",), size=(48, 64), seed=0) -> None:

@@ -73,3 +73,18 @@ def test_budget_stops_the_study_and_a_rerun_trains_no_more(ray_local, smoke_cfg)
     assert (table["epochs"] > 0).sum() < 20
     again = tune_mod.run(cfg)  # the study is restored with the epochs it already trained
     assert _total_epochs(again) == spent
+
+
+def test_trials_table_leaves_out_trials_a_budget_stopped_before_they_started():
+    import pandas as pd
+    from types import SimpleNamespace
+
+    from search import report
+
+    cfg = config.load(SMOKE)
+    ran = SimpleNamespace(config={"train.lr": 0.01}, metrics={"trial_id": "a1", "epoch": 2, "val_f1": 0.3},
+                          metrics_dataframe=pd.DataFrame({"epoch": [1, 2], "val_f1": [0.2, 0.3]}), error=None,
+                          path="/x/train_trial_a1_00000")
+    never = SimpleNamespace(config=None, metrics={}, metrics_dataframe=None, error=None, path="/x/train_trial_b2_00001")
+    table = report.trials_table([ran, never], cfg)
+    assert table["trial"].tolist() == ["a1"] and table.loc[0, "best_val_f1"] == 0.3
