@@ -95,7 +95,8 @@ class MlflowTrials(tune.Callback):
             s = self.cfg.search
             params = {"num_samples": s.num_samples, "max_concurrent": s.max_concurrent, "max_epochs": self.cfg.train.epochs,
                       "grace_period": s.grace_period, "reduction_factor": s.reduction_factor, "seed": s.seed,
-                      "searcher": "optuna-tpe", "scheduler": "asha", "cpus_per_trial": s.cpus_per_trial,
+                      "searcher": f"optuna-{s.sampler}", "scheduler": s.scheduler, "budget_epochs": s.budget_epochs,
+                      "cpus_per_trial": s.cpus_per_trial,
                       "gpus_per_trial": s.gpus_per_trial, **{f"data.{k}": v for k, v in self.summary.items()},
                       **{f"space.{k}": yaml.safe_dump(v, default_flow_style=True).strip() for k, v in s.space.items()}}
             self.parent = self.tracker.start("search", f"search · {self.cfg.run.study}", params=params)
