@@ -3,7 +3,8 @@
     python bench/loader.py [--quick] [--workers 0] [--results PATH] [--config conf/search.yaml] [key=value ...]
 
 "ours" iterates the DataLoader that ``maskclf.engine.fit`` uses (cached uint8 crops through the
-train augmentation, resized and normalised). "baseline" is the approach of the competition's
+train augmentation and resize) and normalises each batch as ``fit`` does (``engine.Normalizer``,
+here on the CPU). "baseline" is the approach of the competition's
 public baseline code: open each 384x512 JPEG with PIL every epoch, then crop, resize and
 normalise with torchvision transforms. Both give the same tensor size with the same number of
 workers. Prints the figures and appends them to bench/RESULTS.md.
@@ -23,7 +24,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from maskclf import config, dataset, engine, model, transforms
+from maskclf import config, dataset, engine, transforms
 from maskclf.errors import cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -44,10 +45,12 @@ class _JpegDataset(Dataset):
             return self.tf(im.convert("RGB")), int(self.labels[i])
 
 
-def _rate(loader: DataLoader, epochs: int) -> float:
+def _rate(loader: DataLoader, epochs: int, to_input=None) -> float:
     n, t0 = 0, time.perf_counter()
     for _ in range(epochs):
         for x, _ in loader:
+            if to_input is not None:
+                x = to_input(x)
             n += len(x)
     return n / (time.perf_counter() - t0)
 
@@ -69,13 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     epochs = 1 if args.quick else 2
     samples = prep.samples(rows, cfg.data.age_old)
     size, bs = cfg.train.image_size, cfg.train.batch_size
-    mean, std = model.normalization(engine.build_model(cfg))
-    ours = engine.make_loader(samples, transforms.build(cfg.train.augment, size=size, mean=mean, std=std, train=True),
-                          bs, args.workers, shuffle=True)
+    to_input = engine.Normalizer(engine.build_model(cfg), torch.device("cpu"))
+    ours = engine.make_loader(samples, transforms.build(cfg.train.augment, size=size, train=True),
+                              bs, args.workers, shuffle=True)
     base = DataLoader(_JpegDataset(prep.train["path"].iloc[rows].tolist(), samples.labels, size), batch_size=bs,
                       shuffle=True, num_workers=args.workers)
     torch.set_num_threads(1)
-    r_ours, r_base = _rate(ours, epochs), _rate(base, epochs)
+    r_ours, r_base = _rate(ours, epochs, to_input), _rate(base, epochs)
     print(f"{len(rows)} images x {epochs} epoch(s), {size}px, batch {bs}, {args.workers} workers, "
           f"augment {cfg.train.augment}")
     print(f"  ours (crop cache + albumentations): {r_ours:8.0f} images/s")

@@ -136,16 +136,33 @@ def _amp(device: torch.device, enabled: bool):
     return torch.autocast(device_type="cuda", dtype=dtype), scaler
 
 
+class Normalizer:
+    """uint8 CHW batches from the loader -> the backbone's normalised float input, on ``device``."""
+
+    def __init__(self, net: model_mod.MaskNet, device: torch.device, channels_last: bool = False):
+        mean, std = model_mod.normalization(net)
+        self.device, self.channels_last = device, channels_last and device.type == "cuda"
+        self.scale = (1 / (255 * torch.tensor(std))).view(1, -1, 1, 1).to(device)
+        self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1).to(device)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:  # (x / 255 - mean) / std as one multiply-add
+            x = torch.addcmul(self.shift, x.float(), self.scale)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
 @torch.no_grad()
-def predict_probs(net: torch.nn.Module, loader: DataLoader, device: torch.device, amp: bool = True) -> np.ndarray:
-    """Softmax probabilities (N x 18) over a loader, in order."""
+def predict_probs(net: model_mod.MaskNet, loader: DataLoader, device: torch.device, amp: bool = True) -> np.ndarray:
+    """Softmax probabilities (N x 18) over a loader of uint8 crops, in order."""
     net.eval()
     ctx, _ = _amp(device, amp)
+    to_input = Normalizer(net, device, channels_last=True)
     out = []
     for x, _ in loader:
-        x = x.to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = to_input(x)
         with ctx:
             out.append(net(x).float().softmax(1).cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, NUM_CLASSES), np.float32)
@@ -206,7 +223,7 @@ def fit(
     ckpt = out_dir / "checkpoint"
 
     net = build_model(cfg).to(device)
-    mean, std = model_mod.normalization(net)
+    to_input = Normalizer(net, device, t.channels_last)
     if device.type == "cuda" and t.channels_last:
         net = net.to(memory_format=torch.channels_last)
     sampler = None
@@ -215,8 +232,8 @@ def fit(
         w = 1.0 / np.maximum(counts, 1)[train.labels]
         sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(w),
                                         generator=torch.Generator().manual_seed(t.seed))
-    train_tf = transforms.build(t.augment, size=t.image_size, mean=mean, std=std, train=True, seed=t.seed)
-    eval_tf = transforms.build("none", size=t.image_size, mean=mean, std=std, train=False)
+    train_tf = transforms.build(t.augment, size=t.image_size, train=True, seed=t.seed)
+    eval_tf = transforms.build("none", size=t.image_size, train=False)
     train_dl = make_loader(train, train_tf, t.batch_size, t.num_workers, sampler, shuffle=True)
     val_dl = make_loader(val, eval_tf, t.batch_size * 2, t.num_workers)
     criterion = losses.create(t.loss, counts, label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma).to(device)
@@ -245,9 +262,7 @@ def fit(
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(train_dl, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not progress)
         for x, y in bar:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if device.type == "cuda" and t.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x, y = to_input(x), y.to(device, non_blocking=True)
             with ctx:
                 loss = criterion(net(x), y)
             opt.zero_grad(set_to_none=True)

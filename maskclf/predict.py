@@ -39,8 +39,7 @@ def model_probs(net: model_mod.MaskNet, cfg: Config, crops: np.ndarray, *, tta: 
     """
     device = engine.resolve_device(str(device))
     net = net.to(device).eval()
-    mean, std = model_mod.normalization(net)
-    tf = transforms.build("none", size=cfg.train.image_size, mean=mean, std=std, train=False)
+    tf = transforms.build("none", size=cfg.train.image_size, train=False)
     crops = np.asarray(crops)
 
     def run(images: np.ndarray) -> np.ndarray:

@@ -110,3 +110,21 @@ def test_weighted_sampler_and_multitask(tmp_path):
 def test_unknown_backbone_suggests():
     with pytest.raises(ValueError, match="closest: .*resnet18"):
         model.create("resnet1800")
+
+
+def test_batches_stay_uint8_until_normalised_like_per_sample_normalisation():
+    import albumentations as A
+
+    from maskclf import transforms
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 20, 20, 3), dtype=np.uint8)
+    net = model.create("resnet10t", pretrained=False)
+    mean, std = model.normalization(net)
+    tf = transforms.build("light", size=16, train=True, seed=0)
+    batch = next(iter(engine.make_loader(Samples(images, np.zeros(3, np.int64)), tf, batch_size=3)))[0]
+    assert batch.dtype == torch.uint8 and batch.shape == (3, 3, 16, 16)
+    norm = A.Normalize(mean=mean, std=std)  # the per-sample float step the pipeline used to run
+    ref = np.stack([norm(image=im)["image"] for im in batch.permute(0, 2, 3, 1).numpy()])
+    out = engine.Normalizer(net, torch.device("cpu"))(batch)
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), ref.transpose(0, 3, 1, 2), atol=1e-5)
