@@ -64,9 +64,23 @@ METHODS = {  # name -> (label, overrides)
 }
 
 
+def label(method: str, cfg: Config) -> str:
+    """The method's name in tables; ours names its ASHA rungs, the setting that changes its figures."""
+    s = cfg.search
+    return METHODS[method][0] + (f" (grace {s.grace_period}, rf {s.reduction_factor})" if method == "ours" else "")
+
+
+def study_name(method: str, cfg: Config, budget: int, seed: int) -> str:
+    """``<method>-b<budget>-s<seed>``; ours also names its ASHA settings (``ours-g1r3-...``), so a run
+    with other rungs is a study of its own and never resumes one with different settings."""
+    s = cfg.search
+    tag = f"-g{s.grace_period}r{s.reduction_factor}" if method == "ours" else ""
+    return f"{method}{tag}-b{budget}-s{seed}"
+
+
 def study_overrides(method: str, cfg: Config, budget: int, seed: int) -> dict:
     """The config of one study: the method's sampler and scheduler, the seed and the budget."""
-    values = {**METHODS[method][1], "search.seed": seed, "run.study": f"{method}-b{budget}-s{seed}"}
+    values = {**METHODS[method][1], "search.seed": seed, "run.study": study_name(method, cfg, budget, seed)}
     if method == "ours":  # every trial trains at least one epoch, so the budget ends the study first
         values.update({"search.num_samples": budget, "search.budget_epochs": budget})
     else:
@@ -101,13 +115,14 @@ def _reached(curve: np.ndarray, target: float) -> int | None:
     return int(hit[0]) + 1 if len(hit) else None
 
 
-def summarize(curves: dict[str, np.ndarray], trials: dict[str, list[int]]) -> dict[str, dict]:
+def summarize(curves: dict[str, np.ndarray], trials: dict[str, list[int]],
+              labels: dict[str, str] | None = None) -> dict[str, dict]:
     """Per method: final best (mean, std over seeds) and epochs to reach random's final best (None: never)."""
     target = curves["random"][:, -1].mean()
     out = {}
     for m, c in curves.items():
         final = c[:, -1]
-        out[m] = {"label": METHODS[m][0], "final_mean": float(final.mean()),
+        out[m] = {"label": (labels or {}).get(m, METHODS[m][0]), "final_mean": float(final.mean()),
                   "final_std": float(final.std(ddof=1)) if len(c) > 1 else 0.0,
                   "epochs_to_target": _reached(c.mean(axis=0), target),
                   "per_seed": [_reached(s, target) for s in c], "trials": float(np.mean(trials[m]))}
@@ -249,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    summary = summarize(curves, trials)
+    summary = summarize(curves, trials, {m: label(m, cfg) for m in METHODS})
     print(_report(summary, budget))
     png = plot(curves, budget, Path(args.plot) if args.plot else Path(args.results).with_name("search_curve.png"))
     cmd = "python bench/search_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])

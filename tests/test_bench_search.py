@@ -22,9 +22,10 @@ def test_search_bench_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     assert "epochs to random final" in r.stdout and "Goal: ours (TPE + ASHA)" in r.stdout
     table = results.read_text()
     assert "## Search: best val F1 against epochs spent" in table
-    for label in ("ours: TPE + ASHA", "random search, full epochs", "TPE, full epochs"):
+    g, rf = smoke_cfg.search.grace_period, smoke_cfg.search.reduction_factor
+    for label in (f"ours: TPE + ASHA (grace {g}, rf {rf})", "random search, full epochs", "TPE, full epochs"):
         assert table.count(f"| {label} | 12 | 1 |") == 1, table
     assert "**met**" in table or "**not met**" in table
     assert png.is_file() and png.stat().st_size > 0
     studies = {p.name for p in (Path(smoke_cfg.run.dir) / "bench-search" / "tune").iterdir() if p.is_dir()}
-    assert studies == {"ours-b12-s0", "random-b12-s0", "tpe-full-b12-s0"}
+    assert studies == {f"ours-g{g}r{rf}-b12-s0", "random-b12-s0", "tpe-full-b12-s0"}
