@@ -44,8 +44,13 @@ def _check_same_study(cfg: Config) -> None:
         return
     old, new = config_mod.to_dict(config_mod.load(saved)), config_mod.to_dict(cfg)
     changed = [f"{s}.{k}" for s in STUDY_SECTIONS for k in new[s] if old[s].get(k) != new[s][k]]
-    changed = [k for k in changed if k not in ("search.address", "search.storage_path", "search.log_in_background",
-                                               "search.reuse_actors", "search.budget_epochs")]  # how it runs, not what it searches
+    ignored = {"search.address", "search.storage_path", "search.log_in_background",
+               "search.reuse_actors", "search.budget_epochs"}  # how it runs, not what it searches
+    if old["search"].get("scheduler") == new["search"]["scheduler"] == "fifo":  # settings nothing reads
+        ignored |= {"search.grace_period", "search.reduction_factor"}
+    if old["search"].get("sampler") == new["search"]["sampler"] == "random":
+        ignored.add("search.n_startup_trials")
+    changed = [k for k in changed if k not in ignored]
     if changed:
         raise InputError(f"study '{cfg.run.study}' in {study_dir(cfg)} was started with a different configuration "
                          f"(changed: {', '.join(changed)}); choose a new name with run.study=NAME")

@@ -88,3 +88,16 @@ def test_trials_table_leaves_out_trials_a_budget_stopped_before_they_started():
     never = SimpleNamespace(config=None, metrics={}, metrics_dataframe=None, error=None, path="/x/train_trial_b2_00001")
     table = report.trials_table([ran, never], cfg)
     assert table["trial"].tolist() == ["a1"] and table.loc[0, "best_val_f1"] == 0.3
+
+
+def test_a_study_ignores_settings_its_sampler_and_scheduler_never_read(smoke_cfg):
+    base = config.apply(smoke_cfg, {"run.study": "fifo-random", "search.sampler": "random",
+                                    "search.scheduler": "fifo"})
+    tune_mod.study_dir(base).mkdir(parents=True)
+    config.save(base, tune_mod.study_dir(base) / "study.yaml")
+    # ASHA's rungs and TPE's startup count do not change a fifo study with the random sampler
+    tune_mod._check_same_study(config.apply(base, {"search.grace_period": 3, "search.reduction_factor": 4,
+                                                   "search.n_startup_trials": 7}))
+    for key, value in [("search.scheduler", "asha"), ("search.sampler", "tpe"), ("train.lr", 0.05)]:
+        with pytest.raises(InputError, match=key.replace(".", r"\.")):
+            tune_mod._check_same_study(config.apply(base, {key: value}))
