@@ -1,10 +1,11 @@
-"""bench/search_efficiency.py's quick mode, so it does not rot (its figures are not asserted)."""
+"""bench/search_efficiency.py and bench/search_profile.py: quick modes, so they do not rot (figures not asserted), and the replay rules."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.conftest import ROOT
@@ -29,3 +30,44 @@ def test_search_bench_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     assert png.is_file() and png.stat().st_size > 0
     studies = {p.name for p in (Path(smoke_cfg.run.dir) / "bench-search" / "tune").iterdir() if p.is_dir()}
     assert studies == {f"ours-g{g}r{rf}-b12-s0", "random-b12-s0", "tpe-full-b12-s0"}
+
+
+def _profile_module():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import search_profile
+
+    return search_profile
+
+
+def test_replayed_asha_stops_trials_below_the_rung_quantile_and_spends_the_budget():
+    sp = _profile_module()
+    curves = np.array([[0.5, 0.6, 0.7, 0.8], [0.1, 0.1, 0.1, 0.1], [0.6, 0.7, 0.8, 0.9], [0.2, 0.2, 0.2, 0.2]])
+    best, started = sp.replay(curves, np.arange(4), budget=8, grace=1, rf=2, concurrent=1)
+    # trial 0 is the first at rung 1 and at rung 2 (runs 4 epochs), trial 1 stops at 1, trial 2 beats
+    # the rung-1 median and trains on, so the budget ends after 4 + 1 + 3 epochs with 0.8 the best
+    assert started == 3 and len(best) == 8
+    np.testing.assert_allclose(best, [0.5, 0.6, 0.7, 0.8, 0.8, 0.8, 0.8, 0.8])
+    full, n_full = sp.replay(curves, np.arange(4), budget=8, grace=None, rf=2, concurrent=1)
+    assert n_full == 2 and full[-1] == 0.8
+    assert sp.rungs(1, 3, 8) == [1, 3] and sp.rungs(2, 2, 8) == [2, 4]
+
+
+def test_oracle_skips_every_trial_that_ends_below_the_target_after_one_epoch():
+    sp = _profile_module()
+    curves = np.array([[0.1, 0.2, 0.3], [0.0, 0.1, 0.2], [0.2, 0.5, 0.9]])
+    assert sp.oracle_epochs(curves, np.arange(3), target=0.9, concurrent=1) == 1 + 1 + 3
+    with pytest.raises(ValueError):
+        sp.oracle_epochs(curves, np.arange(3), target=0.95)
+
+
+def test_search_profile_quick_mode_runs_and_records(smoke_cfg, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    r = subprocess.run([sys.executable, "bench/search_profile.py", "--quick", "--results", str(results),
+                        f"data.root={smoke_cfg.data.root}", f"run.dir={smoke_cfg.run.dir}",
+                        f"faces.cache_dir={smoke_cfg.faces.cache_dir}"],
+                       cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Spearman of val F1" in r.stdout and "oracle stopping: median" in r.stdout
+    table = results.read_text()
+    assert "## Search profile: what early stopping can gain" in table
+    assert table.count("`python bench/search_profile.py --quick") == 1
