@@ -1,4 +1,5 @@
-"""bench/search_efficiency.py and bench/search_profile.py: quick modes, so they do not rot (figures not asserted), and the replay rules."""
+"""bench/search_efficiency.py and bench/search_profile.py: their quick modes, so they do not rot
+(figures not asserted), and the profile's replay rules."""
 
 import os
 import subprocess
