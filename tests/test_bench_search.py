@@ -14,12 +14,16 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
+def _quick(script: str, smoke_cfg, *args: str) -> subprocess.CompletedProcess:
+    """``bench/<script> --quick ARGS`` on the smoke data, in a Ray of its own."""
+    return subprocess.run([sys.executable, f"bench/{script}", "--quick", *args, f"data.root={smoke_cfg.data.root}",
+                           f"run.dir={smoke_cfg.run.dir}", f"faces.cache_dir={smoke_cfg.faces.cache_dir}"],
+                          cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
+
+
 def test_search_bench_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     results, png = tmp_path / "RESULTS.md", tmp_path / "curve.png"
-    r = subprocess.run([sys.executable, "bench/search_efficiency.py", "--quick", "--results", str(results), "--plot", str(png),
-                        f"data.root={smoke_cfg.data.root}", f"run.dir={smoke_cfg.run.dir}",
-                        f"faces.cache_dir={smoke_cfg.faces.cache_dir}"],
-                       cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
+    r = _quick("search_efficiency.py", smoke_cfg, "--results", str(results), "--plot", str(png))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "epochs to random final" in r.stdout and "Goal: ours (TPE + ASHA)" in r.stdout
     table = results.read_text()
@@ -63,10 +67,7 @@ def test_oracle_skips_every_trial_that_ends_below_the_target_after_one_epoch():
 
 def test_search_profile_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     results = tmp_path / "RESULTS.md"
-    r = subprocess.run([sys.executable, "bench/search_profile.py", "--quick", "--results", str(results),
-                        f"data.root={smoke_cfg.data.root}", f"run.dir={smoke_cfg.run.dir}",
-                        f"faces.cache_dir={smoke_cfg.faces.cache_dir}"],
-                       cwd=ROOT, env={**os.environ, "RAY_ADDRESS": ""}, capture_output=True, text=True, timeout=600)
+    r = _quick("search_profile.py", smoke_cfg, "--results", str(results))
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "Spearman of val F1" in r.stdout and "oracle stopping: median" in r.stdout
     table = results.read_text()
