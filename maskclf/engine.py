@@ -146,9 +146,10 @@ class Normalizer:
         self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1).to(device)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype != torch.uint8:  # a float batch would be normalised twice, silently
+            raise TypeError(f"Normalizer takes the loader's uint8 batches, got {x.dtype}")
         x = x.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:  # (x / 255 - mean) / std as one multiply-add
-            x = torch.addcmul(self.shift, x.float(), self.scale)
+        x = torch.addcmul(self.shift, x.float(), self.scale)  # (x / 255 - mean) / std as one multiply-add
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x

@@ -50,7 +50,7 @@ def build(name: str, *, size: int, train: bool, seed: int | None = None) -> A.Co
     """Augment (train only) and resize to ``size``: a uint8 CHW tensor.
 
     Samples stay uint8 until a whole batch is on the training device, where
-    :func:`maskclf.engine.to_input` normalises it in one vectorised step: a quarter of the
+    :class:`maskclf.engine.Normalizer` normalises it in one vectorised step: a quarter of the
     bytes through DataLoader workers and host-to-GPU copies, and no per-sample float work.
     """
     augs = preset(name)() if train else []

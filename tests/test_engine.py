@@ -128,3 +128,5 @@ def test_batches_stay_uint8_until_normalised_like_per_sample_normalisation():
     out = engine.Normalizer(net, torch.device("cpu"))(batch)
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), ref.transpose(0, 3, 1, 2), atol=1e-5)
+    with pytest.raises(TypeError, match="uint8"):
+        engine.Normalizer(net, torch.device("cpu"))(out)
