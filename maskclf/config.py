@@ -56,7 +56,10 @@ class FoldsConfig:
 class ModelConfig:
     backbone: str = "resnet18"  # any timm model name
     pretrained: bool = False  # timm's normal loading (needs internet or a warm HF cache)
-    pretrained_file: str = ""  # local weights file for machines without internet
+    # where pretrained: true gets ImageNet weights: hub (timm's download; needs internet or a warm
+    # HF cache) | offline (an installed weights package, converted once: maskclf/weights.py)
+    pretrained_source: str = "hub"
+    pretrained_file: str = ""  # a local timm-named weights file; wins over pretrained and pretrained_source
     head: str = "joint"  # joint: one 18-way head | multitask: mask, gender, age heads combined
     drop_rate: float = 0.0  # dropout before the classifier
 
@@ -68,7 +71,9 @@ class TrainConfig:
     image_size: int = 96  # network input side, resized from the cached crop
     augment: str = "light"  # none | light | strong
     optimizer: str = "adamw"  # any timm optimizer name (adamw, adam, sgd, ...)
-    lr: float = 1e-3
+    lr: float = 1e-3  # the head's; the backbone's is lr * backbone_lr_scale
+    backbone_lr_scale: float = 1.0  # < 1 fine-tunes pretrained features more gently than the new head learns
+    freeze_epochs: int = 0  # epochs that train the head alone (backbone frozen, BN statistics kept)
     weight_decay: float = 0.01
     momentum: float = 0.9  # sgd-family only
     scheduler: str = "cosine"  # none | cosine | step | multistep | plateau | poly | tanh
@@ -81,7 +86,7 @@ class TrainConfig:
     focal_gamma: float = 2.0  # for loss=focal
     sampler: str = "none"  # none | weighted (oversample rare classes such as >=60)
     amp: bool = True  # mixed precision, CUDA only
-    channels_last: bool = True  # CUDA only
+    channels_last: bool = True  # NHWC tensors: faster convolutions on CUDA, and on CPU (oneDNN) too
     num_workers: int = 0  # DataLoader workers; crops are in memory, so 0 is often fastest on CPU
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     seed: int = 0
@@ -251,7 +256,8 @@ def apply(cfg: Config, values: dict[str, Any], where: str = "overrides") -> Conf
 
 
 def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``overrides``; validated."""
+    """Defaults, then the YAML file at ``path``, then ``overrides``; validated, with every local path
+    (:data:`PATH_KEYS`) made absolute against the current directory."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
@@ -272,8 +278,24 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
         _set(cfg, key, value, problems, "command line")
     if problems:
         raise InputError(problems)
+    _absolute(cfg)
     validate(cfg)
     return cfg
+
+
+# Keys holding a local path. load() makes them absolute, so that a path means the same file on the
+# driver, in a trial (Ray runs trials in a folder of their own), in a finalize fold and on a worker node.
+PATH_KEYS = ("data.root", "data.corrections", "faces.cache_dir", "model.pretrained_file", "run.dir",
+             "search.storage_path")
+
+
+def _absolute(cfg: Config) -> None:
+    for key in PATH_KEYS:
+        section, _, name = key.partition(".")
+        sub = getattr(cfg, section)
+        value = getattr(sub, name)
+        if value and "://" not in value:  # s3://, gs://, file:// ... are left as they are
+            setattr(sub, name, str(Path(value).expanduser().absolute()))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
@@ -306,11 +328,12 @@ def _check_choice(problems: list[str], key: str, value: str, choices: list[str] 
 
 def value_problems(cfg: Config) -> list[str]:
     """Every invalid value in ``cfg`` (names resolved against the registries)."""
-    from maskclf import engine, faces, losses, model, transforms  # registries; torch-heavy, loaded late
+    from maskclf import engine, faces, losses, model, transforms, weights  # registries; torch-heavy, loaded late
 
     p: list[str] = []
     _check_choice(p, "faces.method", cfg.faces.method, list(faces.METHODS))
     _check_choice(p, "model.head", cfg.model.head, list(model.HEADS))
+    _check_choice(p, "model.pretrained_source", cfg.model.pretrained_source, ["hub", "offline"])
     _check_choice(p, "train.augment", cfg.train.augment, list(transforms.PRESETS))
     _check_choice(p, "train.loss", cfg.train.loss, list(losses.LOSSES))
     _check_choice(p, "train.sampler", cfg.train.sampler, ["none", "weighted"])
@@ -321,6 +344,11 @@ def value_problems(cfg: Config) -> list[str]:
     err = model.backbone_problem(cfg.model.backbone)
     if err:
         p.append(f"model.backbone: {err}")
+    m = cfg.model
+    if m.pretrained and m.pretrained_source == "offline" and not m.pretrained_file and not err:
+        missing = weights.offline_problem(m.backbone)
+        if missing:
+            p.append(f"model.pretrained_source=offline: {missing}")
     if cfg.model.pretrained_file and not Path(cfg.model.pretrained_file).is_file():
         p.append(f"model.pretrained_file: file not found: {cfg.model.pretrained_file}")
     if cfg.data.corrections and not Path(cfg.data.corrections).is_file():
@@ -339,6 +367,11 @@ def value_problems(cfg: Config) -> list[str]:
         p.append(f"folds.fold must be in 0..{cfg.folds.n - 1}, got {cfg.folds.fold}")
     if not 31 <= cfg.data.age_old <= 90:
         p.append(f"data.age_old must be in 31..90, got {cfg.data.age_old}")
+    if not 0 < cfg.train.backbone_lr_scale <= 1:
+        p.append(f"train.backbone_lr_scale must be in (0, 1], got {cfg.train.backbone_lr_scale}")
+    if not 0 <= cfg.train.freeze_epochs < cfg.train.epochs:
+        p.append(f"train.freeze_epochs must be in 0..train.epochs-1 ({cfg.train.epochs - 1}), "
+                 f"got {cfg.train.freeze_epochs}")
     if cfg.search.gpus_per_trial < 0:
         p.append(f"search.gpus_per_trial must be >= 0, got {cfg.search.gpus_per_trial}")
     if cfg.search.budget_epochs < 0:

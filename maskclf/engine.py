@@ -113,6 +113,34 @@ def _scheduler(opt: torch.optim.Optimizer, t, updates_per_epoch: int):
     return sched
 
 
+def param_groups(net: model_mod.MaskNet, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
+    """Optimizer groups: the head first (its lr is the configured one, which ``lr`` metrics report), then
+    the backbone at ``backbone_lr_scale`` of it; no weight decay on biases and norm layers (1-d tensors).
+
+    The scale is timm's ``lr_scale`` group key, which timm's schedulers apply on every update.
+    """
+    groups = []
+    for part, scale in ((net.head, 1.0), (net.backbone, backbone_lr_scale)):
+        for g in timm.optim.param_groups_weight_decay(part, weight_decay):
+            if g["params"]:
+                groups.append({**g, "lr_scale": scale})
+    return groups
+
+
+def _scale_lrs(opt: torch.optim.Optimizer) -> None:
+    """Apply each group's ``lr_scale`` once, for the schedules that are not timm's (none, plateau)."""
+    for g in opt.param_groups:
+        g["lr"] *= g.get("lr_scale", 1.0)
+
+
+def _freeze(net: model_mod.MaskNet, frozen: bool) -> None:
+    """Train the head alone: no gradients into the backbone, and its BN statistics kept as pretrained."""
+    for p in net.backbone.parameters():
+        p.requires_grad_(not frozen)
+    if frozen:
+        net.backbone.eval()
+
+
 def make_loader(samples: Samples, tf, batch_size: int, workers: int = 0, sampler=None,
                 shuffle: bool = False) -> DataLoader:
     """The DataLoader that training and evaluation use over in-memory face crops."""
@@ -141,7 +169,7 @@ class Normalizer:
 
     def __init__(self, net: model_mod.MaskNet, device: torch.device, channels_last: bool = False):
         mean, std = model_mod.normalization(net)
-        self.device, self.channels_last = device, channels_last and device.type == "cuda"
+        self.device, self.channels_last = device, channels_last
         self.scale = (1 / (255 * torch.tensor(std))).view(1, -1, 1, 1).to(device)
         self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1).to(device)
 
@@ -192,8 +220,8 @@ def load_state(checkpoint_dir: Path) -> dict:
 def build_model(cfg: Config) -> model_mod.MaskNet:
     m = cfg.model
     return model_mod.create(
-        m.backbone, head=m.head, pretrained=m.pretrained, pretrained_file=m.pretrained_file, drop_rate=m.drop_rate,
-        image_size=cfg.train.image_size,
+        m.backbone, head=m.head, pretrained=m.pretrained, pretrained_file=m.pretrained_file,
+        pretrained_source=m.pretrained_source, drop_rate=m.drop_rate, image_size=cfg.train.image_size,
     )
 
 
@@ -225,7 +253,7 @@ def fit(
 
     net = build_model(cfg).to(device)
     to_input = Normalizer(net, device, t.channels_last)
-    if device.type == "cuda" and t.channels_last:
+    if t.channels_last:
         net = net.to(memory_format=torch.channels_last)
     sampler = None
     counts = np.bincount(train.labels, minlength=NUM_CLASSES)
@@ -238,9 +266,11 @@ def fit(
     train_dl = make_loader(train, train_tf, t.batch_size, t.num_workers, sampler, shuffle=True)
     val_dl = make_loader(val, eval_tf, t.batch_size * 2, t.num_workers)
     criterion = losses.create(t.loss, counts, label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma).to(device)
-    opt = timm.optim.create_optimizer_v2(net, opt=t.optimizer, lr=t.lr, weight_decay=t.weight_decay,
-                                         momentum=t.momentum)
+    opt = timm.optim.create_optimizer_v2(param_groups(net, t.weight_decay, t.backbone_lr_scale), opt=t.optimizer,
+                                         lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
     sched = _scheduler(opt, t, len(train_dl))
+    if sched is None or isinstance(sched, _Plateau):
+        _scale_lrs(opt)
     ctx, scaler = _amp(device, t.amp)
 
     start, history = 0, []
@@ -260,6 +290,7 @@ def fit(
     updates = start * len(train_dl)
     for epoch in range(start, t.epochs):
         net.train()
+        _freeze(net, epoch < t.freeze_epochs)
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(train_dl, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not progress)
         for x, y in bar:

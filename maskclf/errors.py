@@ -1,4 +1,5 @@
-"""Bad input is reported as one line naming every problem, with exit code 2."""
+"""Bad input is reported as one line naming every problem, with exit code 2; a run that failed for
+another reason as one line with exit code 1."""
 
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ class InputError(Exception):
         return f"{n} problem{'s' if n != 1 else ''}: {text}" if n > 1 else text
 
 
+class RunFailed(Exception):
+    """A run that could not finish for a reason that is not the user's input; one line, exit code 1."""
+
+
 def cli(main: Callable[..., int | None]) -> Callable[..., int]:
     """Wrap a command's ``main`` so InputError becomes one stderr line and exit 2."""
 
@@ -34,6 +39,9 @@ def cli(main: Callable[..., int | None]) -> Callable[..., int]:
         except InputError as e:
             print(f"error: {e.message()}", file=sys.stderr)
             return 2
+        except RunFailed as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130

@@ -96,6 +96,9 @@ def _pick(boxes, probs) -> np.ndarray | None:
 
 def _mtcnn_boxes(images: list[np.ndarray], *, margin: float, device: str):
     """MTCNN on one batch of same-sized images."""
+    if min(images[0].shape[:2]) < _MIN_FACE_SIZE:
+        # smaller than the smallest face MTCNN looks for: its image pyramid would be empty
+        return _center_boxes(images, margin=margin, device=device)
     boxes, probs = _detector(device).detect(np.stack(images))
     out, found = [], []
     for img, b, p in zip(images, boxes, probs):

@@ -59,10 +59,14 @@ def create(
     head: str = "joint",
     pretrained: bool = False,
     pretrained_file: str | Path = "",
+    pretrained_source: str = "hub",
     drop_rate: float = 0.0,
     image_size: int | None = None,
 ) -> MaskNet:
     """Build a :class:`MaskNet`; ``pretrained_file`` loads local weights (no internet needed).
+
+    With ``pretrained`` the weights come from timm's hub (``pretrained_source="hub"``) or, with
+    ``"offline"``, from an installed weights package (:mod:`maskclf.weights`).
 
     ``image_size`` matters only for backbones with a fixed input size (ViTs), which are
     built for it (timm resamples pretrained position embeddings).
@@ -74,6 +78,12 @@ def create(
     pcfg = timm.models.get_pretrained_cfg(backbone)
     if image_size and pcfg is not None and pcfg.fixed_input_size:
         kwargs["img_size"] = image_size
+    if pretrained and pretrained_source == "offline" and not pretrained_file:
+        from maskclf import weights
+
+        pretrained_file = weights.offline_file(backbone)
+    elif pretrained_source not in ("hub", "offline"):
+        raise ValueError(f"unknown pretrained_source '{pretrained_source}'; choose from ['hub', 'offline']")
     if pretrained_file:
         pretrained = True
         kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}

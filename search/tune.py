@@ -20,7 +20,7 @@ import numpy as np
 
 from maskclf import config as config_mod
 from maskclf.config import Config
-from maskclf.errors import InputError, cli
+from maskclf.errors import InputError, RunFailed, cli
 from search import space as space_mod
 from search.tracking import Tracker, tracking_uri
 
@@ -307,7 +307,7 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
     results = _make_tuner(cfg, fn, [callback, LiveTable(cfg)], log).fit()
     table = report_mod.trials_table(results, cfg)
     if table.empty or table["best_val_f1"].isna().all():
-        raise RuntimeError(f"no trial of study '{cfg.run.study}' reported a result; see the errors above")
+        raise no_result(results, cfg)
     best = report_mod.best_config(table, cfg)
     best_path = config_mod.save(best, study / "best_config.yaml")
     table.to_csv(study / "trials.csv", index=False)
@@ -317,6 +317,26 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
     log(f"best config: {best_path}")
     log(f"browse the results: {tracker.ui_command()}")
     return table
+
+
+# Trial errors that come from what the user asked for (a missing file, a value a backbone refuses, a
+# learning rate that diverges), not from the machine or the code: every trial failing so is exit code 2.
+_INPUT_ERRORS = (InputError, OSError, ValueError, FloatingPointError)
+
+
+def no_result(results, cfg: Config) -> Exception:
+    """The error to end a study with when no trial reported a result: the first trial's error in one
+    line, with the file that holds its whole traceback."""
+    failed = [r for r in results if r.error is not None]
+    if not failed:
+        return RunFailed(f"no trial of study '{cfg.run.study}' reported a result")
+    first = failed[0]
+    text = str(first.error).strip().splitlines()
+    reason = (text[-1] if text else type(first.error).__name__)[:300]
+    where = Path(first.path or "", "error.txt") if first.path else None
+    msg = (f"all {len(failed)} trial(s) of study '{cfg.run.study}' failed; the first: {reason}"
+           + (f" (full error: {where})" if where is not None and where.is_file() else ""))
+    return InputError(msg) if isinstance(first.error, _INPUT_ERRORS) else RunFailed(msg)
 
 
 def _plots(table, results, cfg: Config, study: Path, log: Callable[[str], None]) -> list[Path]:
