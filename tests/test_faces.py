@@ -70,6 +70,14 @@ def test_no_face_falls_back_to_the_fixed_box(image):
     assert "0 faces found, 1 fell back" in crops.summary()
 
 
+def test_image_smaller_than_the_smallest_face_falls_back(photo):
+    tiny = np.asarray(Image.fromarray(photo).resize((20, 30)))
+    crops = faces.crop_arrays([tiny, photo], size=32)
+    assert crops.found.tolist() == [False, True]
+    assert crops.images.shape == (2, 32, 32, 3) and crops.images[0].any()
+    assert "1 faces found, 1 fell back" in crops.summary()
+
+
 @pytest.mark.parametrize("size", [32, 96])
 def test_crop_shapes_and_types_with_mixed_image_sizes(photo, size):
     images = [photo, noise(300, 200), photo[::2, ::2].copy(), noise(300, 200, seed=1)]

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from PIL import Image
 
 from maskclf import config
 from maskclf.errors import InputError
@@ -109,16 +110,18 @@ def test_mlflow_holds_the_finalize_run_its_folds_and_the_model(study):
 def test_registered_model_predicts_in_a_fresh_process(study):
     sub = pd.read_csv(study.final / "submission.csv", dtype={"ImageID": str}).head(3)
     paths = [str(study.data / "eval" / "images" / i) for i in sub["ImageID"]]
+    tiny = study.final.parent / "tiny.jpg"  # smaller than the smallest face MTCNN looks for
+    Image.open(paths[0]).resize((20, 30)).save(tiny)
     script = ("import sys, mlflow\n"
               "m = mlflow.pyfunc.load_model('models:/smoke@champion')\n"
               "print('LABELS', *m.predict(sys.argv[1:]))\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(study.cfg)}
-    r = subprocess.run([sys.executable, "-c", script, *paths], cwd=study.final, env=env, capture_output=True,
+    r = subprocess.run([sys.executable, "-c", script, *paths, str(tiny)], cwd=study.final, env=env, capture_output=True,
                        text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
     labels = [int(v) for v in r.stdout.split("LABELS", 1)[1].split()]
-    assert len(labels) == 3 and all(0 <= v < 18 for v in labels)
-    assert labels == sub["ans"].tolist()  # the served model crops and votes exactly as finalize did
+    assert len(labels) == 4 and all(0 <= v < 18 for v in labels)
+    assert labels[:3] == sub["ans"].tolist()  # the served model crops and votes exactly as finalize did
 
 
 def test_interrupted_finalize_retrains_only_the_unfinished_fold(study):
