@@ -18,6 +18,7 @@ from search.tracking import Tracker, tracking_uri
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
+SMOKE_PATH = ROOT / "conf" / "smoke.yaml"
 
 
 def _runs(cfg, kind):
@@ -195,3 +196,37 @@ def test_bad_search_space_is_reported(smoke_cfg):
         tune_mod.run(cfg)
     msg = e.value.message()
     assert "train.lrr" in msg and "adamx" in msg and "low > 0" in msg
+
+
+def test_relative_pretrained_file_means_the_same_file_in_every_trial(ray_local, smoke_cfg, tmp_path, monkeypatch):
+    import timm
+    import torch
+
+    monkeypatch.chdir(tmp_path)  # Ray runs trials in folders of their own, not here
+    Path("weights").mkdir()
+    torch.save(timm.create_model("test_resnet").state_dict(), "weights/test_resnet.pth")
+    cfg = config.load(SMOKE_PATH, {"data.root": smoke_cfg.data.root, "run.dir": "runs", "run.study": "relative",
+                                   "faces.cache_dir": smoke_cfg.faces.cache_dir, "search.num_samples": 1,
+                                   "search.max_failures": 0, "train.epochs": 1,
+                                   "search.space": {"model.backbone": {"choice": ["test_resnet"]}},
+                                   "model.pretrained_file": "weights/test_resnet.pth"})
+    assert cfg.model.pretrained_file == str(tmp_path / "weights" / "test_resnet.pth")
+    table = tune_mod.run(cfg)
+    assert table["status"].tolist() == ["done"], table.get("error")
+    best = config.load(tmp_path / "runs" / "relative" / "best_config.yaml")
+    assert best.model.pretrained_file == str(tmp_path / "weights" / "test_resnet.pth")
+
+
+def test_a_study_whose_every_trial_fails_ends_with_one_line(smoke_cfg, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(SMOKE_PATH),
+                        f"data.root={smoke_cfg.data.root}", f"faces.cache_dir={smoke_cfg.faces.cache_dir}",
+                        f"run.dir={tmp_path}", "search.num_samples=2", "search.max_failures=0", "train.epochs=1",
+                        "search.space={train.optimizer: {choice: [sgd]}}", "train.lr=1e9"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    last = r.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: all 2 trial(s) of study 'smoke' failed; the first: "), last
+    assert "training loss is nan" in last and "lr 1e+09 too high?" in last
+    error_file = Path(last.split("(full error: ", 1)[1].rstrip(")"))
+    assert error_file.is_file() and "FloatingPointError" in error_file.read_text()
