@@ -334,8 +334,10 @@ def fit(
 def load_model(checkpoint_dir: str | Path, device: str = "cpu") -> tuple[model_mod.MaskNet, Config]:
     """Rebuild a trained model (eval mode) and its config from a checkpoint folder."""
     checkpoint_dir = Path(checkpoint_dir)
-    # weights come from the checkpoint: never download or read the original pretrained file
-    cfg = config_mod.load(checkpoint_dir / "config.yaml", {"model.pretrained": False, "model.pretrained_file": ""})
+    # weights come from the checkpoint: never download or read the original pretrained file; nor is the
+    # training data's corrections file needed (or there) where the model is served
+    cfg = config_mod.load(checkpoint_dir / "config.yaml", {"model.pretrained": False, "model.pretrained_file": "",
+                                                          "data.corrections": ""})
     net = build_model(cfg)
     net.load_state_dict(load_state(checkpoint_dir)["model"])
     return net.to(resolve_device(device)).eval(), cfg

@@ -263,6 +263,16 @@ class MlflowTrials(tune.Callback):
         self.flush()
         self._safe("filling in trial runs", fill, retry=True)
 
+    def fail_search(self, reason: str) -> None:
+        """End the search run as FAILED with ``reason`` (no trial reported a result)."""
+        self.flush()
+
+        def fail():
+            parent = self._parent()
+            self.tracker.set_tags(parent, {"error": reason[:500]})
+            self.tracker.finish(parent, "FAILED")
+        self._safe("search end", fail, retry=True)
+
     def close_search(self, table: pd.DataFrame, best_config: Path, plots: list[Path] = ()) -> None:
         """Log the trials table, the best config, the plots and the best score on the search run, and finish it."""
         self.flush()

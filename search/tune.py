@@ -307,7 +307,10 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
     results = _make_tuner(cfg, fn, [callback, LiveTable(cfg)], log).fit()
     table = report_mod.trials_table(results, cfg)
     if table.empty or table["best_val_f1"].isna().all():
-        raise no_result(results, cfg)
+        error = no_result(results, cfg)
+        callback.sync(results)  # every trial run ends FAILED with its error, and so does the search run
+        callback.fail_search(str(error))
+        raise error
     best = report_mod.best_config(table, cfg)
     best_path = config_mod.save(best, study / "best_config.yaml")
     table.to_csv(study / "trials.csv", index=False)

@@ -230,3 +230,7 @@ def test_a_study_whose_every_trial_fails_ends_with_one_line(smoke_cfg, tmp_path)
     assert "training loss is nan" in last and "lr 1e+09 too high?" in last
     error_file = Path(last.split("(full error: ", 1)[1].rstrip(")"))
     assert error_file.is_file() and "FloatingPointError" in error_file.read_text()
+    cfg = config.load(SMOKE_PATH, {"run.dir": str(tmp_path)})
+    tracker, searches = _runs(cfg, "search")
+    assert [r.info.status for r in searches] == ["FAILED"] and "training loss is nan" in searches[0].data.tags["error"]
+    assert {r.info.status for r in tracker.find("trial")} == {"FAILED"}
