@@ -57,6 +57,9 @@ def validate(cfg: Config) -> dict[str, dict]:
     if not space:
         raise InputError("search.space is empty: declare at least one parameter (see conf/search.yaml)")
     known, earlier, problems = set(config_mod.keys(cfg)), [], []
+    if cfg.search.scheduler == "asha" and cfg.search.grace_period > cfg.train.epochs:
+        problems.append(f"search.grace_period={cfg.search.grace_period} is more than train.epochs={cfg.train.epochs}: "
+                        f"ASHA could never stop a trial; lower it or raise train.epochs")
     for key, spec in space.items():
         found = _spec_problems(key, spec, known, earlier)
         earlier.append(key)

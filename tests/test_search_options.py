@@ -101,3 +101,12 @@ def test_a_study_ignores_settings_its_sampler_and_scheduler_never_read(smoke_cfg
     for key, value in [("search.scheduler", "asha"), ("search.sampler", "tpe"), ("train.lr", 0.05)]:
         with pytest.raises(InputError, match=key.replace(".", r"\.")):
             tune_mod._check_same_study(config.apply(base, {key: value}))
+
+
+def test_asha_grace_period_beyond_the_epochs_is_refused_before_the_search():
+    from search import space
+
+    cfg = config.load(SMOKE, {"train.epochs": 2, "search.grace_period": 3})  # one training does not care
+    with pytest.raises(InputError, match="search.grace_period=3 is more than train.epochs=2"):
+        space.validate(cfg)
+    space.validate(config.apply(cfg, {"search.scheduler": "fifo"}))

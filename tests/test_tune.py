@@ -207,7 +207,7 @@ def test_relative_pretrained_file_means_the_same_file_in_every_trial(ray_local, 
     torch.save(timm.create_model("test_resnet").state_dict(), "weights/test_resnet.pth")
     cfg = config.load(SMOKE_PATH, {"data.root": smoke_cfg.data.root, "run.dir": "runs", "run.study": "relative",
                                    "faces.cache_dir": smoke_cfg.faces.cache_dir, "search.num_samples": 1,
-                                   "search.max_failures": 0, "train.epochs": 1,
+                                   "search.max_failures": 0, "train.epochs": 1, "search.grace_period": 1,
                                    "search.space": {"model.backbone": {"choice": ["test_resnet"]}},
                                    "model.pretrained_file": "weights/test_resnet.pth"})
     assert cfg.model.pretrained_file == str(tmp_path / "weights" / "test_resnet.pth")
@@ -220,7 +220,7 @@ def test_relative_pretrained_file_means_the_same_file_in_every_trial(ray_local, 
 def test_a_study_whose_every_trial_fails_ends_with_one_line(smoke_cfg, tmp_path):
     r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(SMOKE_PATH),
                         f"data.root={smoke_cfg.data.root}", f"faces.cache_dir={smoke_cfg.faces.cache_dir}",
-                        f"run.dir={tmp_path}", "search.num_samples=2", "search.max_failures=0", "train.epochs=1",
+                        f"run.dir={tmp_path}", "search.num_samples=2", "search.max_failures=0", "train.epochs=1", "search.grace_period=1",
                         "search.space={train.optimizer: {choice: [sgd]}}", "train.lr=1e9"],
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2, r.stderr[-3000:]
