@@ -15,10 +15,10 @@ import pytest
 from maskclf import config
 from search import tune as tune_mod
 from search.tracking import Tracker, tracking_uri
+from tests.conftest import SMOKE
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE_PATH = ROOT / "conf" / "smoke.yaml"
 
 
 def _runs(cfg, kind):
@@ -205,7 +205,7 @@ def test_relative_pretrained_file_means_the_same_file_in_every_trial(ray_local, 
     monkeypatch.chdir(tmp_path)  # Ray runs trials in folders of their own, not here
     Path("weights").mkdir()
     torch.save(timm.create_model("test_resnet").state_dict(), "weights/test_resnet.pth")
-    cfg = config.load(SMOKE_PATH, {"data.root": smoke_cfg.data.root, "run.dir": "runs", "run.study": "relative",
+    cfg = config.load(SMOKE, {"data.root": smoke_cfg.data.root, "run.dir": "runs", "run.study": "relative",
                                    "faces.cache_dir": smoke_cfg.faces.cache_dir, "search.num_samples": 1,
                                    "search.max_failures": 0, "train.epochs": 1, "search.grace_period": 1,
                                    "search.space": {"model.backbone": {"choice": ["test_resnet"]}},
@@ -218,7 +218,7 @@ def test_relative_pretrained_file_means_the_same_file_in_every_trial(ray_local, 
 
 
 def test_a_study_whose_every_trial_fails_ends_with_one_line(smoke_cfg, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(SMOKE_PATH),
+    r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(SMOKE),
                         f"data.root={smoke_cfg.data.root}", f"faces.cache_dir={smoke_cfg.faces.cache_dir}",
                         f"run.dir={tmp_path}", "search.num_samples=2", "search.max_failures=0", "train.epochs=1", "search.grace_period=1",
                         "search.space={train.optimizer: {choice: [sgd]}}", "train.lr=1e9"],
@@ -231,7 +231,7 @@ def test_a_study_whose_every_trial_fails_ends_with_one_line(smoke_cfg, tmp_path)
     assert "training loss is nan" in last and "lr 1e+09 too high?" in last
     error_file = Path(last.split("(full error: ", 1)[1].rstrip(")"))
     assert error_file.is_file() and "FloatingPointError" in error_file.read_text()
-    cfg = config.load(SMOKE_PATH, {"run.dir": str(tmp_path)})
+    cfg = config.load(SMOKE, {"run.dir": str(tmp_path)})
     tracker, searches = _runs(cfg, "search")
     assert [r.info.status for r in searches] == ["FAILED"] and "training loss is nan" in searches[0].data.tags["error"]
     assert {r.info.status for r in tracker.find("trial")} == {"FAILED"}
