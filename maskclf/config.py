@@ -133,6 +133,7 @@ class TrackingConfig:
 class FinalizeConfig:
     tta: bool = True  # average with horizontally flipped crops
     folds: str = "all"  # "all" or a comma list such as "0,1"
+    epochs: int = 0  # epochs of each fold model; 0 = train.epochs (the search's per-trial budget)
 
 
 @dataclass
@@ -376,6 +377,8 @@ def value_problems(cfg: Config) -> list[str]:
         p.append(f"search.gpus_per_trial must be >= 0, got {cfg.search.gpus_per_trial}")
     if cfg.search.budget_epochs < 0:
         p.append(f"search.budget_epochs must be >= 0 (0 = no limit), got {cfg.search.budget_epochs}")
+    if cfg.finalize.epochs < 0:
+        p.append(f"finalize.epochs must be >= 0 (0 = train.epochs), got {cfg.finalize.epochs}")
     if cfg.search.reduction_factor < 2:
         p.append(f"search.reduction_factor must be >= 2, got {cfg.search.reduction_factor}")
     return p

@@ -36,7 +36,15 @@ def load_best(config_path: str | Path | None, best: str | Path | None, overrides
     path = Path(best) if best else study_dir(config_mod.load(config_path, overrides)) / "best_config.yaml"
     if not path.is_file():
         raise InputError(f"no best config at {path}: run `python -m search.tune` first or pass --best PATH")
-    return config_mod.load(path, overrides)
+    return final_epochs(config_mod.load(path, overrides))
+
+
+def final_epochs(cfg: Config) -> Config:
+    """``cfg`` with ``train.epochs`` set to ``finalize.epochs`` where that is set: a search ranks configurations
+    on a short budget, the fold models may train longer."""
+    if cfg.finalize.epochs and cfg.finalize.epochs != cfg.train.epochs:
+        return config_mod.validate(config_mod.apply(cfg, {"train.epochs": cfg.finalize.epochs}))
+    return cfg
 
 
 def fold_list(cfg: Config) -> list[int]:
@@ -302,6 +310,7 @@ def run(cfg: Config, *, log: Callable[[str], None] = print) -> dict:
     from maskclf import dataset, predict
     from search import registry
 
+    cfg = final_epochs(cfg)
     ks = fold_list(cfg)
     tracker = Tracker(tracking_uri(cfg), cfg.run.study)  # a bad tracking store fails before any work
     prep = dataset.prepare(cfg, need_eval=True, log=log)
