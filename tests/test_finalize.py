@@ -191,3 +191,14 @@ def test_bad_fold_selection_is_reported(smoke_cfg):
     with pytest.raises(InputError, match="finalize.folds"):
         finalize.fold_list(config.apply(smoke_cfg, {"finalize.folds": "0,7"}))
     assert finalize.fold_list(config.apply(smoke_cfg, {"finalize.folds": "3, 1"})) == [1, 3]
+
+
+def test_finalize_epochs_replace_the_searchs_budget(smoke_cfg, tmp_path):
+    assert finalize.final_epochs(smoke_cfg).train.epochs == smoke_cfg.train.epochs  # 0: the search's budget
+    longer = finalize.final_epochs(config.apply(smoke_cfg, {"finalize.epochs": 7}))
+    assert longer.train.epochs == 7 and longer.finalize.epochs == 7
+    best = config.save(config.apply(smoke_cfg, {"finalize.epochs": 4}), tmp_path / "best.yaml")
+    assert finalize.load_best(SMOKE, best, []).train.epochs == 4
+    assert finalize.load_best(SMOKE, best, ["finalize.epochs=0"]).train.epochs == smoke_cfg.train.epochs
+    with pytest.raises(InputError, match="finalize.epochs must be >= 0"):
+        config.load(SMOKE, {"finalize.epochs": -1})
