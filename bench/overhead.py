@@ -80,11 +80,11 @@ def time_command(args: list[str]) -> float:
 
 def trial_times(cfg: config.Config) -> tuple[float, float]:
     """(Tune's ``time_total_s``, sum of ``epoch_time``) of the study's one trial, from its result.json."""
-    from search import tune
+    from search import cluster
 
-    files = sorted((Path(tune.storage_path(cfg)) / cfg.run.study).glob("*/result.json"))
+    files = sorted((Path(cluster.storage_path(cfg)) / cfg.run.study).glob("*/result.json"))
     if len(files) != 1:
-        raise RuntimeError(f"expected one trial's result.json under {tune.storage_path(cfg)}, found {len(files)}")
+        raise RuntimeError(f"expected one trial's result.json under {cluster.storage_path(cfg)}, found {len(files)}")
     results = [json.loads(line) for line in files[0].read_text().splitlines() if line.strip()]
     return results[-1]["time_total_s"], sum(r["epoch_time"] for r in results)
 

@@ -4,9 +4,9 @@
                           [--new-processes] [--results PATH] [--plot PATH] [--config conf/search.yaml] [key=value ...]
 
 The cluster is a local multi-node Ray (``ray.cluster_utils.Cluster``): a head and one node per
-8 logical GPUs. The driver is search.tune's own (``_make_tuner``: OptunaSearch TPE + ASHA +
-the concurrency limit, with the MlflowTrials and LiveTable callbacks on a SQLite store, then
-the same wrap-up as ``search.tune.run``). Trials are a stand-in that sleeps ``--epoch-s`` per
+8 logical GPUs. The driver is search.tune's own (``search.tune.search``: OptunaSearch TPE + ASHA +
+the concurrency limit, with the MlflowTrials and LiveTable callbacks on a SQLite store, and the
+study's wrap-up: trials table, best config, plots, the closed search run). Trials are a stand-in that sleeps ``--epoch-s`` per
 epoch and reports a per-epoch F1 curve shaped by its parameters, so only orchestration is timed.
 Unlike ``search.tune.run`` it hands trials no prepared crops: unpickling them imports torch
 (0.5 GB and 5 s per trial process here), which 64 trial processes on a 2-core machine cannot afford.
@@ -33,12 +33,10 @@ import json
 import math
 import os
 import random
-import resource
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -49,6 +47,8 @@ from maskclf.errors import cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402
+from _scale_probes import Memory, Probe, end_of_experiment, instrument  # noqa: E402
+from _scale_probes import recorder as recorder_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DIR = ROOT / "runs" / "bench-scale"
@@ -101,139 +101,6 @@ def stand_in(epoch_s: float) -> Callable:
     return train_stand_in
 
 
-class Probe:
-    """Wall time of the driver's decision calls, keyed by how many trials had finished."""
-
-    def __init__(self):
-        self.calls: dict[str, list[tuple[int, float]]] = defaultdict(list)
-        self.finished = 0
-        self.added: dict[str, float] = {}  # when Tune created each trial
-        self._undo: list[tuple[type, str, object]] = []
-
-    def wrap(self, cls: type, name: str, group: str, seen: Callable | None = None) -> None:
-        """Time ``cls.name`` into ``group``; ``seen`` is called first with the same arguments."""
-        own = cls.__dict__.get(name)
-        original = getattr(cls, name)
-        calls, probe = self.calls[group], self
-
-        def timed(*args, **kwargs):
-            if seen is not None:
-                seen(*args, **kwargs)
-            t = time.perf_counter()
-            try:
-                return original(*args, **kwargs)
-            finally:
-                calls.append((probe.finished, time.perf_counter() - t))
-        setattr(cls, name, timed)
-        self._undo.append((cls, name, own))
-
-    def restore(self) -> None:
-        for cls, name, own in reversed(self._undo):
-            if own is None:
-                delattr(cls, name)
-            else:
-                setattr(cls, name, own)
-        self._undo.clear()
-
-    def total(self, group: str) -> float:
-        return sum(s for _, s in self.calls[group])
-
-
-def _instrument(probe: Probe) -> None:
-    from ray.tune.execution.tune_controller import TuneController
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
-    from search.callback import LiveTable, MlflowTrials
-    from search.tracking import Tracker
-
-    for name in ("suggest", "on_trial_result", "on_trial_complete"):
-        probe.wrap(OptunaSearch, name, "searcher")
-    for name in ("on_trial_result", "on_trial_complete", "choose_trial_to_run"):
-        probe.wrap(ASHAScheduler, name, "scheduler")
-    probe.wrap(ASHAScheduler, "on_trial_add", "scheduler",
-               seen=lambda sched, controller, trial: probe.added.setdefault(trial.trial_id, time.time()))
-    for name in ("on_trial_start", "on_trial_result", "on_trial_complete"):
-        probe.wrap(MlflowTrials, name, "mlflow")
-    probe.wrap(LiveTable, "on_trial_complete", "progress")
-    probe.wrap(TuneController, "save_to_dir", "state")
-    probe.wrap(OptunaSearch, "suggest", "suggest")  # also inside "searcher": the TPE part alone
-    for name in ("find", "start", "set_tags", "finish", "status"):
-        probe.wrap(Tracker, name, f"mlflow.{name}")
-    for name in ("_log_epoch", "_log_epochs"):  # metric writes: in Tune's loop before, on the writer after
-        if hasattr(MlflowTrials, name):
-            probe.wrap(MlflowTrials, name, "mlflow.metrics")
-    if hasattr(MlflowTrials, "flush"):
-        probe.wrap(MlflowTrials, "flush", "mlflow.flush")
-
-
-def _recorder(probe: Probe):
-    """A Tune callback that keeps each trial's start and each epoch's busy interval."""
-    from ray import tune
-
-    class Recorder(tune.Callback):
-        def __init__(self):
-            self.fit_start = self.fit_end = self.cpu_start = self.cpu_end = self.mb_start = math.nan
-            self.started: dict[str, float] = {}
-            self.busy: list[tuple[str, int, float, float]] = []
-
-        def setup(self, **info) -> None:
-            self.fit_start, self.cpu_start, self.mb_start = time.time(), _cpu_s(), _Memory.now_mb()
-
-        def on_experiment_end(self, trials, **info) -> None:
-            self.fit_end, self.cpu_end = time.time(), _cpu_s()
-
-        def on_trial_start(self, iteration, trials, trial, **info) -> None:
-            self.started.setdefault(trial.trial_id, time.time())
-
-        def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-            self.busy.append((trial.trial_id, int(result["epoch"]), result["busy_from"], result["busy_to"]))
-
-        def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-            probe.finished += 1
-
-        def on_trial_error(self, iteration, trials, trial, **info) -> None:
-            probe.finished += 1
-
-    return Recorder()
-
-
-def _cpu_s() -> float:
-    """CPU seconds of this process so far (every thread: Tune's loop, Ray's client, MLflow)."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
-
-
-class _Memory:
-    """The driver's resident memory and the machine's load, sampled twice a second."""
-
-    def __init__(self):
-        self.peak_mb = self.now_mb()
-        self.loads: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    @staticmethod
-    def now_mb() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return math.nan
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.5):
-            self.peak_mb = max(self.peak_mb, self.now_mb())
-            self.loads.append(os.getloadavg()[0])
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 @contextlib.contextmanager
 def simulated_cluster(gpus: int):
     """A head (1 CPU, no GPU) and ``gpus / 8`` nodes of 8 logical GPUs and 8 CPUs, all on this machine."""
@@ -251,30 +118,17 @@ def simulated_cluster(gpus: int):
 
 
 def search(cfg, trainable: Callable, extra_callbacks: list, log: Callable[[str], None]) -> float:
-    """The Tune part of ``search.tune.run`` on ``trainable`` (no data preparation); returns the wrap-up seconds."""
-    from ray import tune
-
-    from search import report as report_mod
+    """``search.tune.search`` on ``trainable`` (no data preparation); returns the wrap-up seconds: from the
+    end of the Tune experiment (the last callback's ``on_experiment_end``) to the study's end."""
+    from search import cluster
     from search import tune as tune_mod
-    from search.callback import LiveTable, MlflowTrials
-    from search.tracking import tracking_uri
 
-    tune_mod.connect(cfg, log)
-    tune_mod.check_resources(cfg, log=log)
-    tune_mod.check_storage(cfg)
-    uri = tracking_uri(cfg)
-    fn = tune.with_parameters(trainable, cfg=cfg, prep=None)
-    fn = tune.with_resources(fn, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
-    callback = MlflowTrials(uri, cfg)
-    results = tune_mod._make_tuner(cfg, fn, [callback, LiveTable(cfg), *extra_callbacks], log).fit()
-    t = time.perf_counter()
-    study = tune_mod.study_dir(cfg)
-    study.mkdir(parents=True, exist_ok=True)
-    table = report_mod.trials_table(results, cfg)
-    best = config.save(report_mod.best_config(table, cfg), study / "best_config.yaml")
-    callback.sync(results)
-    callback.close_search(table, best, plots=tune_mod._plots(table, results, cfg, study, log))
-    return time.perf_counter() - t
+    cluster.connect(cfg, log)
+    cluster.check_resources(cfg, log=log)
+    cluster.check_storage(cfg)
+    ended = end_of_experiment()
+    tune_mod.search(cfg, None, trainable=trainable, callbacks=[*extra_callbacks, ended], log=log)
+    return time.perf_counter() - ended.at
 
 
 def busy_fraction(busy: list[tuple[str, int, float, float]], gpus: int, start: float, end: float) -> float:
@@ -314,16 +168,16 @@ def run_case(base, gpus: int, trials: int, epoch_s: float, variant: str, reuse: 
     shutil.rmtree(case_dir, ignore_errors=True)
     case_dir.mkdir(parents=True)
     probe = Probe()
-    recorder = _recorder(probe)
+    recorder = recorder_for(probe)
     with simulated_cluster(gpus) as address:
         cfg = config.apply(base, {**VARIANTS[variant], "run.dir": str(case_dir), "run.study": name,
                                   "search.address": address, "search.storage_path": str(case_dir / "tune"),
                                   "search.num_samples": trials, "search.max_concurrent": gpus,
                                   "search.gpus_per_trial": 1, "search.cpus_per_trial": 1,
                                   "search.reuse_actors": reuse})
-        _instrument(probe)
+        instrument(probe)
         try:
-            with _Memory() as mem, open(case_dir / "driver.log", "w") as out, contextlib.redirect_stdout(out):
+            with Memory() as mem, open(case_dir / "driver.log", "w") as out, contextlib.redirect_stdout(out):
                 wrapup = search(cfg, stand_in(epoch_s), [recorder], log=lambda s: print(s, flush=True))
         finally:
             probe.restore()
@@ -436,7 +290,7 @@ def _record(row: dict, results: Path, command: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(ROOT / "conf" / "search.yaml"), help="the space and ASHA settings")
-    p.add_argument("--quick", action="store_true", help="8 and 16 GPUs, 4 trials per GPU, 1 s epochs")
+    p.add_argument("--quick", action="store_true", help="16 GPUs on 2 nodes, 2 trials per GPU, 1 s epochs")
     p.add_argument("--compare", action="store_true", help="every case before and after the driver fix")
     p.add_argument("--gpus", default="8,16,32,64", help="simulated cluster sizes, multiples of 8")
     p.add_argument("--trials-per-gpu", type=int, default=8,
@@ -451,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", help="config overrides, e.g. data.root=PATH")
     args = p.parse_args(argv)
     if args.quick:
-        args.gpus, args.trials_per_gpu, args.epoch_s = "8,16", 4, 1.0
+        args.gpus, args.trials_per_gpu, args.epoch_s = "16", 2, 1.0
     gpus = [int(g) for g in args.gpus.split(",")]
     work = Path(args.dir)
     defaults = {"data.root": str(work / "data"), "faces.cache_dir": str(work / "cache"), **DATA}

@@ -52,7 +52,7 @@ from _results import append_row, machine  # noqa: E402
 from maskclf import config  # noqa: E402
 from maskclf.config import Config  # noqa: E402
 from maskclf.errors import InputError, cli  # noqa: E402
-from search import tune  # noqa: E402
+from search import cluster, tune  # noqa: E402
 
 SMOKE = config.CONF_DIR / "smoke.yaml"
 SECTION = "Search: best val F1 against epochs spent, TPE + ASHA vs searches without early stopping"
@@ -90,7 +90,7 @@ def study_overrides(method: str, cfg: Config, budget: int, seed: int) -> dict:
 
 def epoch_log(cfg: Config) -> pd.DataFrame:
     """Every epoch the study's trials reported (``trial``, ``epoch``, ``val_f1``), in report order."""
-    exp = Path(tune.storage_path(cfg)) / cfg.run.study
+    exp = Path(cluster.storage_path(cfg)) / cfg.run.study
     frames = []
     for i, path in enumerate(sorted(exp.glob("*/result.json"))):
         if path.stat().st_size:

@@ -40,7 +40,7 @@ from _results import append_row, machine  # noqa: E402
 from maskclf import config  # noqa: E402
 from maskclf.config import Config  # noqa: E402
 from maskclf.errors import InputError, cli  # noqa: E402
-from search import tune  # noqa: E402
+from search import cluster, tune  # noqa: E402
 from search_efficiency import _base_config, _start_ray  # noqa: E402
 
 SECTION = "Search profile: what early stopping can gain on the demo's learning curves"
@@ -51,7 +51,7 @@ def full_curves(cfg: Config, studies: list[str]) -> np.ndarray:
     """val F1 per epoch (trials x train.epochs) of every distinct configuration trained to the end."""
     by_config: dict[str, np.ndarray] = {}
     for study in studies:
-        for path in sorted((Path(tune.storage_path(cfg)) / study).glob("*/result.json")):
+        for path in sorted((Path(cluster.storage_path(cfg)) / study).glob("*/result.json")):
             params = path.parent / "params.json"
             if not path.stat().st_size or not params.is_file():
                 continue
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                          f"got {n} and {budgets}")
     _start_ray(cfg)
     studies = [collect(cfg, n)]
-    studies += sorted(d.name for d in Path(tune.storage_path(cfg)).glob("random-b*") if d.is_dir())
+    studies += sorted(d.name for d in Path(cluster.storage_path(cfg)).glob("random-b*") if d.is_dir())
     curves = full_curves(cfg, studies)
     if len(curves) < 2:
         print(f"error: fewer than 2 full-length trials in {', '.join(studies)}", file=sys.stderr)

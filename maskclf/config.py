@@ -329,17 +329,18 @@ def _check_choice(problems: list[str], key: str, value: str, choices: list[str] 
 
 def value_problems(cfg: Config) -> list[str]:
     """Every invalid value in ``cfg`` (names resolved against the registries)."""
-    from maskclf import engine, faces, losses, model, transforms, weights  # registries; torch-heavy, loaded late
+    # each name is checked against the module that implements it (loaded here: most import torch)
+    from maskclf import faces, losses, model, optim, sampling, transforms, weights
 
     p: list[str] = []
     _check_choice(p, "faces.method", cfg.faces.method, list(faces.METHODS))
     _check_choice(p, "model.head", cfg.model.head, list(model.HEADS))
-    _check_choice(p, "model.pretrained_source", cfg.model.pretrained_source, ["hub", "offline"])
+    _check_choice(p, "model.pretrained_source", cfg.model.pretrained_source, list(weights.SOURCES))
     _check_choice(p, "train.augment", cfg.train.augment, list(transforms.PRESETS))
     _check_choice(p, "train.loss", cfg.train.loss, list(losses.LOSSES))
-    _check_choice(p, "train.sampler", cfg.train.sampler, ["none", "weighted"])
-    _check_choice(p, "train.optimizer", cfg.train.optimizer, engine.optimizer_names())
-    _check_choice(p, "train.scheduler", cfg.train.scheduler, list(engine.SCHEDULERS))
+    _check_choice(p, "train.sampler", cfg.train.sampler, list(sampling.SAMPLERS))
+    _check_choice(p, "train.optimizer", cfg.train.optimizer, optim.optimizer_names())
+    _check_choice(p, "train.scheduler", cfg.train.scheduler, list(optim.SCHEDULERS))
     _check_choice(p, "search.sampler", cfg.search.sampler, ["tpe", "random"])
     _check_choice(p, "search.scheduler", cfg.search.scheduler, ["asha", "fifo"])
     err = model.backbone_problem(cfg.model.backbone)

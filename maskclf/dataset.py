@@ -48,14 +48,14 @@ def ensure_demo(cfg: Config, log: Callable[[str], None] = print) -> Path:
     if root.exists() and any(root.iterdir()):
         raise InputError(f"data.root {root} exists but holds no train/train.csv; point data.root at a dataset "
                          f"or at a new folder for the demo dataset")
-    from maskclf import synth
+    from maskclf import demo
 
     log(f"generating the demo dataset at {root} ({cfg.data.demo_people} train + "
         f"{cfg.data.demo_eval_people} eval people, seed {cfg.data.demo_seed})")
     tmp = root.with_name(f".{root.name}.tmp-{os.getpid()}")  # generated aside, then renamed: never half a dataset
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        synth.generate(tmp, cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed)
+        demo.generate(tmp, cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed)
         root.parent.mkdir(parents=True, exist_ok=True)
         if root.exists():
             root.rmdir()

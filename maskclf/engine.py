@@ -17,17 +17,16 @@ from typing import Callable
 
 import numpy as np
 import timm.optim
-import timm.scheduler
 import torch
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from maskclf import config as config_mod
-from maskclf import losses, metrics, model as model_mod, transforms
+from maskclf import losses, metrics, optim, sampling, transforms
+from maskclf import model as model_mod
 from maskclf.config import Config
 from maskclf.labels import NUM_CLASSES
 
-SCHEDULERS = ("none", "cosine", "step", "multistep", "plateau", "poly", "tanh")
 STATE_FILE = "state.pt"
 Report = Callable[[dict, Path], None]
 
@@ -54,91 +53,12 @@ class CropDataset(Dataset):
         return self.transform(image=np.asarray(self.images[i]))["image"], int(self.labels[i])
 
 
-def optimizer_names() -> list[str]:
-    return list(timm.optim.list_optimizers())
-
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"device '{name}' asked for, but torch sees no CUDA GPU")
     return torch.device(name)
-
-
-class _Plateau:
-    """Reduce the lr when val F1 stalls, with its counters saved in checkpoints.
-
-    (timm's plateau scheduler is deprecated and keeps no state across a resume.)
-    """
-
-    def __init__(self, opt: torch.optim.Optimizer, patience: int, factor: float, min_lr: float):
-        self.inner = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=factor,
-                                                                patience=patience, min_lr=min_lr)
-
-    def step_update(self, num_updates: int) -> None:
-        pass
-
-    def step(self, epoch: int, metric: float) -> None:
-        self.inner.step(metric)
-
-    def state_dict(self) -> dict:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.inner.load_state_dict(state)
-
-
-def _scheduler(opt: torch.optim.Optimizer, t, updates_per_epoch: int):
-    if t.scheduler == "none":
-        return None
-    if t.scheduler == "plateau":
-        return _Plateau(opt, t.decay_epochs, t.decay_rate, t.min_lr)
-    if t.scheduler not in SCHEDULERS:
-        raise ValueError(f"unknown scheduler '{t.scheduler}'; choose from {list(SCHEDULERS)}")
-    third = max(1, t.epochs // 3)
-    sched, _ = timm.scheduler.create_scheduler_v2(
-        opt,
-        sched=t.scheduler,
-        num_epochs=t.epochs,
-        decay_epochs=t.decay_epochs,
-        decay_milestones=[third, 2 * third],
-        decay_rate=t.decay_rate,
-        min_lr=t.min_lr,
-        warmup_lr=t.lr * 0.01,
-        warmup_epochs=t.warmup_epochs,
-        step_on_epochs=False,  # warm up and decay smoothly per batch, not in epoch-sized jumps
-        updates_per_epoch=updates_per_epoch,
-    )
-    return sched
-
-
-def param_groups(net: model_mod.MaskNet, weight_decay: float, backbone_lr_scale: float = 1.0) -> list[dict]:
-    """Optimizer groups: the head first (its lr is the configured one, which ``lr`` metrics report), then
-    the backbone at ``backbone_lr_scale`` of it; no weight decay on biases and norm layers (1-d tensors).
-
-    The scale is timm's ``lr_scale`` group key, which timm's schedulers apply on every update.
-    """
-    groups = []
-    for part, scale in ((net.head, 1.0), (net.backbone, backbone_lr_scale)):
-        for g in timm.optim.param_groups_weight_decay(part, weight_decay):
-            if g["params"]:
-                groups.append({**g, "lr_scale": scale})
-    return groups
-
-
-def _scale_lrs(opt: torch.optim.Optimizer) -> None:
-    """Apply each group's ``lr_scale`` once, for the schedules that are not timm's (none, plateau)."""
-    for g in opt.param_groups:
-        g["lr"] *= g.get("lr_scale", 1.0)
-
-
-def _freeze(net: model_mod.MaskNet, frozen: bool) -> None:
-    """Train the head alone: no gradients into the backbone, and its BN statistics kept as pretrained."""
-    for p in net.backbone.parameters():
-        p.requires_grad_(not frozen)
-    if frozen:
-        net.backbone.eval()
 
 
 def make_loader(samples: Samples, tf, batch_size: int, workers: int = 0, sampler=None,
@@ -225,6 +145,97 @@ def build_model(cfg: Config) -> model_mod.MaskNet:
     )
 
 
+@dataclass
+class Training:
+    """Everything one fit trains with: the model, its input pipeline, loss, optimizer and schedule."""
+
+    net: model_mod.MaskNet
+    to_input: Normalizer
+    train_dl: DataLoader
+    val_dl: DataLoader
+    criterion: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: object | None
+    amp: tuple
+    device: torch.device
+    updates: int = 0  # optimizer steps so far: the per-update schedules step on it
+
+
+def setup(cfg: Config, train: Samples, val: Samples) -> Training:
+    """The model (ImageNet weights where configured), loaders, loss, optimizer and scheduler of ``cfg``."""
+    t = cfg.train
+    device = resolve_device(t.device)
+    net = build_model(cfg).to(device)
+    to_input = Normalizer(net, device, t.channels_last)
+    if t.channels_last:
+        net = net.to(memory_format=torch.channels_last)
+    counts = np.bincount(train.labels, minlength=NUM_CLASSES)
+    train_tf = transforms.build(t.augment, size=t.image_size, train=True, seed=t.seed)
+    eval_tf = transforms.build("none", size=t.image_size, train=False)
+    train_dl = make_loader(train, train_tf, t.batch_size, t.num_workers, sampling.sampler(t.sampler, train.labels, t.seed),
+                           shuffle=True)
+    val_dl = make_loader(val, eval_tf, t.batch_size * 2, t.num_workers)
+    criterion = losses.create(t.loss, counts, label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma).to(device)
+    opt = timm.optim.create_optimizer_v2(optim.param_groups(net, t.weight_decay, t.backbone_lr_scale), opt=t.optimizer,
+                                         lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
+    sched = optim.scheduler(opt, t, len(train_dl))
+    if sched is None or isinstance(sched, optim.Plateau):
+        optim.scale_lrs(opt)
+    return Training(net, to_input, train_dl, val_dl, criterion, opt, sched, _amp(device, t.amp), device)
+
+
+def _resume(tr: Training, resume: Path, log: Callable[[str], None]) -> tuple[int, list[dict]]:
+    """Load a checkpoint into ``tr``; the next epoch and the history so far ((0, []) when it is unreadable)."""
+    try:
+        state = load_state(resume)
+        tr.net.load_state_dict(state["model"])
+        tr.opt.load_state_dict(state["optimizer"])
+        if tr.sched is not None and state.get("scheduler"):
+            tr.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"])
+        start = state["epoch"] + 1
+        log(f"resumed from {resume} after epoch {start}")
+        return start, state["history"]
+    except Exception as e:  # a corrupt or partial checkpoint must not end a long search
+        warnings.warn(f"checkpoint {resume} unreadable ({type(e).__name__}: {e}); starting over")
+        return 0, []
+
+
+def train_one_epoch(tr: Training, epoch: int, t, progress: bool = False) -> dict:
+    """One pass over the training data: ``train_loss``, images seen and seconds spent."""
+    tr.net.train()
+    optim.freeze(tr.net, epoch < t.freeze_epochs)
+    ctx, scaler = tr.amp
+    t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+    bar = tqdm(tr.train_dl, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not progress)
+    for x, y in bar:
+        x, y = tr.to_input(x), y.to(tr.device, non_blocking=True)
+        with ctx:
+            loss = tr.criterion(tr.net(x), y)
+        tr.opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(tr.opt)
+            scaler.update()
+        else:
+            loss.backward()
+            tr.opt.step()
+        tr.updates += 1
+        if tr.sched is not None:
+            tr.sched.step_update(tr.updates)
+        loss_sum += loss.item() * len(y)
+        seen += len(y)
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+    if not math.isfinite(loss_sum):
+        raise FloatingPointError(f"training loss is {loss_sum} at epoch {epoch + 1} (lr {t.lr:g} too high?)")
+    return {"train_loss": loss_sum / max(seen, 1), "seen": seen, "train_time": time.perf_counter() - t0}
+
+
+def evaluate(tr: Training, val: Samples, amp: bool = True) -> dict:
+    """The validation metrics (macro F1, loss, accuracies) of the model as it is now."""
+    return metrics.scores(predict_probs(tr.net, tr.val_dl, tr.device, amp), val.labels)
+
+
 def fit(
     cfg: Config,
     train: Samples,
@@ -247,82 +258,21 @@ def fit(
     torch.manual_seed(t.seed)
     if t.threads > 0:
         torch.set_num_threads(t.threads)
-    device = resolve_device(t.device)
-    out_dir = Path(out_dir)
-    ckpt = out_dir / "checkpoint"
-
-    net = build_model(cfg).to(device)
-    to_input = Normalizer(net, device, t.channels_last)
-    if t.channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    sampler = None
-    counts = np.bincount(train.labels, minlength=NUM_CLASSES)
-    if t.sampler == "weighted":
-        w = 1.0 / np.maximum(counts, 1)[train.labels]
-        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(w),
-                                        generator=torch.Generator().manual_seed(t.seed))
-    train_tf = transforms.build(t.augment, size=t.image_size, train=True, seed=t.seed)
-    eval_tf = transforms.build("none", size=t.image_size, train=False)
-    train_dl = make_loader(train, train_tf, t.batch_size, t.num_workers, sampler, shuffle=True)
-    val_dl = make_loader(val, eval_tf, t.batch_size * 2, t.num_workers)
-    criterion = losses.create(t.loss, counts, label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma).to(device)
-    opt = timm.optim.create_optimizer_v2(param_groups(net, t.weight_decay, t.backbone_lr_scale), opt=t.optimizer,
-                                         lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
-    sched = _scheduler(opt, t, len(train_dl))
-    if sched is None or isinstance(sched, _Plateau):
-        _scale_lrs(opt)
-    ctx, scaler = _amp(device, t.amp)
-
-    start, history = 0, []
-    if resume is not None:
-        try:
-            state = load_state(Path(resume))
-            net.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            if sched is not None and state.get("scheduler"):
-                sched.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["rng"])
-            start, history = state["epoch"] + 1, state["history"]
-            log(f"resumed from {resume} after epoch {start}")
-        except Exception as e:  # a corrupt or partial checkpoint must not end a long search
-            warnings.warn(f"checkpoint {resume} unreadable ({type(e).__name__}: {e}); starting over")
-
-    updates = start * len(train_dl)
+    ckpt = Path(out_dir) / "checkpoint"
+    tr = setup(cfg, train, val)
+    start, history = _resume(tr, Path(resume), log) if resume is not None else (0, [])
+    tr.updates = start * len(tr.train_dl)
     for epoch in range(start, t.epochs):
-        net.train()
-        _freeze(net, epoch < t.freeze_epochs)
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
-        bar = tqdm(train_dl, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not progress)
-        for x, y in bar:
-            x, y = to_input(x), y.to(device, non_blocking=True)
-            with ctx:
-                loss = criterion(net(x), y)
-            opt.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-            else:
-                loss.backward()
-                opt.step()
-            updates += 1
-            if sched is not None:
-                sched.step_update(updates)
-            loss_sum += loss.item() * len(y)
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
-        train_time = time.perf_counter() - t0
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training loss is {loss_sum} at epoch {epoch + 1} (lr {t.lr:g} too high?)")
-        probs = predict_probs(net, val_dl, device, t.amp)
-        m = {"epoch": epoch + 1, "train_loss": loss_sum / max(seen, 1), **metrics.scores(probs, val.labels),
-             "lr": opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t0,
-             "images_per_s": seen / max(train_time, 1e-9)}
-        if sched is not None:
-            sched.step(epoch + 1, m["val_f1"])
+        t0 = time.perf_counter()
+        ep = train_one_epoch(tr, epoch, t, progress)
+        m = {"epoch": epoch + 1, "train_loss": ep["train_loss"], **evaluate(tr, val, t.amp),
+             "lr": tr.opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t0,
+             "images_per_s": ep["seen"] / max(ep["train_time"], 1e-9)}
+        if tr.sched is not None:
+            tr.sched.step(epoch + 1, m["val_f1"])
         history.append(m)
-        _save(ckpt, cfg, {"model": net.state_dict(), "optimizer": opt.state_dict(),
-                          "scheduler": sched.state_dict() if sched is not None else None,
+        _save(ckpt, cfg, {"model": tr.net.state_dict(), "optimizer": tr.opt.state_dict(),
+                          "scheduler": tr.sched.state_dict() if tr.sched is not None else None,
                           "rng": torch.get_rng_state(), "epoch": epoch, "history": history})
         if report is not None:
             report(dict(m), ckpt)

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = config_mod.load(out / "checkpoint" / "config.yaml", args.overrides)
     else:
         cfg = config_mod.load(args.config, args.overrides)
-    from maskclf import dataset, engine  # torch-heavy: after argument errors are reported
+    from maskclf import dataset, engine  # the pipeline, once the command line and the config are known good
 
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     prep = dataset.prepare(cfg, log=log, progress=not args.quiet)

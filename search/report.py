@@ -59,16 +59,15 @@ def trials_table(results, cfg: Config) -> pd.DataFrame:
     return table.sort_values("best_val_f1", ascending=False, na_position="last").reset_index(drop=True)
 
 
-def best_config(table: pd.DataFrame, cfg: Config) -> Config:
-    """The complete config of the best trial (what ``maskclf.train`` and finalize accept)."""
-    row = table.dropna(subset=["best_val_f1"]).iloc[0]
-    params = {k: row[k] for k in cfg.search.space if k in row and not _missing(row[k])}
-    params = {k: (v.item() if hasattr(v, "item") else v) for k, v in params.items()}
-    return config_mod.apply(cfg, params, where="best trial")
+def best_config(table: pd.DataFrame, results, cfg: Config) -> Config:
+    """The complete config of the best trial of ``table`` (what ``maskclf.train`` and finalize accept), built
+    from Tune's record of that trial's parameters, as the trial itself was; without the run-time device."""
+    from search.experiment import trial_config
 
-
-def _missing(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v))
+    best = table.dropna(subset=["best_val_f1"]).iloc[0]["trial"]
+    params = next(r.config for r in results if trial_key(r) == best)
+    return config_mod.apply(trial_config(cfg, params), {"train.device": cfg.train.device,
+                                                        "faces.device": cfg.faces.device})
 
 
 def _fmt(v) -> str:

@@ -68,11 +68,11 @@ def layout(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory) -> Path:
     """The smoke config's demo dataset, generated once per test session."""
-    from maskclf import synth
+    from maskclf import demo
 
     root = tmp_path_factory.mktemp("smoke") / "data"
     cfg = config.load(SMOKE)
-    synth.generate(root, cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed, progress=False)
+    demo.generate(root, cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed, progress=False)
     return root
 
 

@@ -16,6 +16,7 @@ import pytest
 from maskclf import config
 from maskclf.errors import InputError
 from search import finalize
+from search import experiment
 from search import tune as tune_mod
 from tests.conftest import SMOKE
 
@@ -53,7 +54,7 @@ def _without_cache(cache: Path):
     def trainable(params, **kw):
         shutil.rmtree(cache, ignore_errors=True)
         assert not cache.exists()
-        return tune_mod.train_trial(params, **kw)
+        return experiment.train_trial(params, **kw)
     return trainable
 
 

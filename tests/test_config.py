@@ -76,7 +76,14 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
 
 
 def test_maskclf_imports_no_search_frameworks():
-    code = ("import sys, maskclf.train, maskclf.engine, maskclf.dataset, maskclf.synth, maskclf.faces, maskclf.predict;"
+    code = ("import sys, maskclf.train, maskclf.engine, maskclf.dataset, maskclf.demo, maskclf.ensemble, maskclf.faces, maskclf.predict;"
             "bad = [m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_importing_the_config_imports_neither_torch_nor_timm():
+    code = ("import sys, maskclf.config; bad = [m for m in ('torch', 'timm') if m in sys.modules]; "
+            "print(bad); sys.exit(bool(bad))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from maskclf import config, engine, losses, model
+from maskclf import config, engine, losses, model, optim
 from maskclf.engine import Samples
 from maskclf.labels import NUM_CLASSES
 from tests.conftest import SMOKE
@@ -82,7 +82,7 @@ def test_every_loss_trains(tmp_path, name):
     assert np.isfinite(res["train_loss"])
 
 
-@pytest.mark.parametrize("opt,sched", [("adamw", s) for s in engine.SCHEDULERS] + [("adam", "cosine"), ("sgd", "step")])
+@pytest.mark.parametrize("opt,sched", [("adamw", s) for s in optim.SCHEDULERS] + [("adam", "cosine"), ("sgd", "step")])
 def test_optimizers_and_schedulers(tmp_path, opt, sched):
     cfg = _cfg(tmp_path, **{"train.optimizer": opt, "train.scheduler": sched, "train.epochs": 2,
                             "train.warmup_epochs": 0.5, "train.decay_epochs": 1})

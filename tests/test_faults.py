@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from maskclf import config
+from search import cluster, experiment
 from search import tune as tune_mod
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import free_port, start_mlflow_server
@@ -111,7 +112,7 @@ def _hang_after_epoch_2(pid_file: Path):
             if metrics["epoch"] == 2 and not pid_file.exists():
                 pid_file.write_text(str(os.getpid()))
                 time.sleep(120)
-        return tune_mod.train_trial(params, after_report=hook, **kw)
+        return experiment.train_trial(params, after_report=hook, **kw)
     return trainable
 
 
@@ -151,7 +152,7 @@ def test_corrupt_checkpoint_on_retry_starts_the_trial_over(ray_local, smoke_cfg,
     cfg = config.apply(smoke_cfg, {"search.num_samples": 1, "run.study": "corrupt", "train.epochs": 3,
                                    "search.grace_period": 3, "search.max_failures": 1})
     pid_file = tmp_path / "worker.pid"
-    trial_root = Path(tune_mod.storage_path(cfg)) / "corrupt"
+    trial_root = Path(cluster.storage_path(cfg)) / "corrupt"
 
     def corrupt():
         for state in trial_root.glob("*/checkpoint_*/state.pt"):

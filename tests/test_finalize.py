@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from maskclf import config
+from maskclf import config, ensemble
 from maskclf.errors import InputError
 from search import finalize
 from search.tracking import Tracker, tracking_uri
@@ -163,7 +163,7 @@ def test_second_finalize_writes_final_2_and_keeps_final(study, capsys):
     second = study.final.parent / "final-2"
     m = json.loads((second / "metrics.json").read_text())
     assert m["folds"] == [0] and m["trained_folds"] == [0] and m["tta"] is False and "eval_f1" in m
-    assert all((second / f).is_file() for f in finalize.ANALYSIS_FILES)  # one fold: a subset of the crops
+    assert all((second / f).is_file() for f in ensemble.ANALYSIS_FILES)  # one fold: a subset of the crops
     assert {f: (study.final / f).read_bytes() for f in files} == before
     assert str(second) in out and "out-of-fold macro F1" in out
     tracker = _tracker(study.cfg)

@@ -9,6 +9,7 @@ import pytest
 
 from maskclf import config
 from maskclf.errors import InputError
+from search import experiment
 from search import tune as tune_mod
 from tests.conftest import ROOT, SMOKE
 
@@ -41,7 +42,7 @@ def test_bad_search_option_on_the_command_line_exits_2(tmp_path):
 
 
 def test_epoch_budget_counts_each_trials_highest_epoch():
-    stop = tune_mod.epoch_budget(6, {"a": 2})
+    stop = experiment.epoch_budget(6, {"a": 2})
     assert not stop("b", {"epoch": 1}) and not stop("b", {"epoch": 3})  # 2 + 3
     assert not stop("b", {"epoch": 3})  # a repeated result (a retried trial) is not counted twice
     assert not stop.stop_all()
@@ -93,8 +94,8 @@ def test_trials_table_leaves_out_trials_a_budget_stopped_before_they_started():
 def test_a_study_ignores_settings_its_sampler_and_scheduler_never_read(smoke_cfg):
     base = config.apply(smoke_cfg, {"run.study": "fifo-random", "search.sampler": "random",
                                     "search.scheduler": "fifo"})
-    tune_mod.study_dir(base).mkdir(parents=True)
-    config.save(base, tune_mod.study_dir(base) / "study.yaml")
+    experiment.study_dir(base).mkdir(parents=True)
+    config.save(base, experiment.study_dir(base) / "study.yaml")
     # ASHA's rungs and TPE's startup count do not change a fifo study with the random sampler
     tune_mod._check_same_study(config.apply(base, {"search.grace_period": 3, "search.reduction_factor": 4,
                                                    "search.n_startup_trials": 7}))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from maskclf import config
+from search import experiment
 from search import tune as tune_mod
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import SMOKE
@@ -82,7 +83,7 @@ class _Trial:
 def test_live_table_prints_a_line_per_trial_and_the_top_trials(tmp_path, capsys):
     import pickle
 
-    from search.callback import LiveTable
+    from search.progress import LiveTable
 
     cfg = config.load(ROOT / "conf" / "smoke.yaml")
     live = pickle.loads(pickle.dumps(LiveTable(cfg, every=2)))  # Tune pickles its callbacks
@@ -122,7 +123,7 @@ def test_trial_that_raises_once_resumes_from_its_checkpoint(ray_local, smoke_cfg
             if metrics["epoch"] == 2 and not os.path.exists(marker):
                 open(marker, "w").close()
                 raise RuntimeError("injected failure after epoch 2")
-        return tune_mod.train_trial(params, after_report=fail_once, **kw)
+        return experiment.train_trial(params, after_report=fail_once, **kw)
 
     table = tune_mod.run(cfg, trainable=flaky)
     assert os.path.exists(marker)

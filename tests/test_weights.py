@@ -9,7 +9,7 @@ import timm
 import torch
 from PIL import Image
 
-from maskclf import config, engine, model, weights
+from maskclf import config, engine, model, optim, weights
 from maskclf.engine import Samples
 from maskclf.errors import InputError
 from maskclf.labels import NUM_CLASSES
@@ -116,7 +116,7 @@ def test_fine_tuning_starts_from_the_imagenet_weights(tmp_path, monkeypatch):
 
 def test_backbone_learns_at_its_own_fraction_of_the_head_rate(tmp_path):
     net = model.create("test_resnet")
-    groups = engine.param_groups(net, 0.01, 0.25)
+    groups = optim.param_groups(net, 0.01, 0.25)
     head = {id(p) for p in net.head.parameters()}
     assert all(id(p) in head for p in groups[0]["params"])
     assert {g["lr_scale"] for g in groups if id(g["params"][0]) in head} == {1.0}

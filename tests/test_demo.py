@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskclf import synth
+from maskclf import demo
 from maskclf.errors import InputError
 from maskclf.labels import STEM_TO_MASK, age_band, decode, encode
 
@@ -33,7 +33,7 @@ def _tree(root: Path) -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("synth") / "data"
-    summary = synth.generate(root, PEOPLE, EVAL_PEOPLE, SEED, progress=False, workers=1)
+    summary = demo.generate(root, PEOPLE, EVAL_PEOPLE, SEED, progress=False, workers=1)
     return root, summary
 
 
@@ -62,7 +62,7 @@ def test_train_layout(dataset):
 def test_train_people_match_sample_people(dataset):
     root, summary = dataset
     rows = _rows(root / "train" / "train.csv")
-    people = synth.sample_people(PEOPLE, SEED)
+    people = demo.sample_people(PEOPLE, SEED)
     assert [r["path"] for r in rows] == [p.folder for p in people]
     assert summary["train"]["people"] == PEOPLE and summary["train"]["images"] == 7 * PEOPLE
     assert sum(summary["train"]["classes"]) == 7 * PEOPLE
@@ -86,13 +86,13 @@ def test_eval_layout_and_answers(dataset):
     mask, _, _ = decode(labels)
     assert np.bincount(mask, minlength=3).tolist() == [5 * EVAL_PEOPLE, EVAL_PEOPLE, EVAL_PEOPLE]
     assert mask.tolist() != [0, 0, 0, 0, 0, 1, 2] * EVAL_PEOPLE  # listed shuffled, not person by person
-    assert sorted(labels.tolist()) == sorted(p.label(s) for p in synth.sample_people(EVAL_PEOPLE, SEED, "eval")
+    assert sorted(labels.tolist()) == sorted(p.label(s) for p in demo.sample_people(EVAL_PEOPLE, SEED, "eval")
                                              for s in STEM_TO_MASK)
     assert summary["eval"]["images"] == n
 
 
 def test_class_balance_matches_the_real_data():
-    people = synth.sample_people(20000, seed=1)
+    people = demo.sample_people(20000, seed=1)
     ages = np.array([p.age for p in people])
     bands = np.bincount(age_band(ages), minlength=3) / len(people)
     assert abs(np.mean([p.gender for p in people]) - 0.61) < 0.015
@@ -105,12 +105,12 @@ def test_class_balance_matches_the_real_data():
 
 def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     # 8 people: enough jobs that workers=2 takes the process-pool path.
-    a = synth.generate(tmp_path / "a", 6, 2, seed=5, progress=False, workers=2)
-    b = synth.generate(tmp_path / "b", 6, 2, seed=5, progress=False, workers=1)
+    a = demo.generate(tmp_path / "a", 6, 2, seed=5, progress=False, workers=2)
+    b = demo.generate(tmp_path / "b", 6, 2, seed=5, progress=False, workers=1)
     assert a == b
     ta, tb = _tree(tmp_path / "a"), _tree(tmp_path / "b")
     assert len(ta) == 1 + 6 * 7 + 2 + 2 * 7 and ta == tb  # csvs + images
-    synth.generate(tmp_path / "c", 6, 2, seed=6, progress=False, workers=1)
+    demo.generate(tmp_path / "c", 6, 2, seed=6, progress=False, workers=1)
     tc = _tree(tmp_path / "c")
     assert tc["eval/answers.csv"] != ta["eval/answers.csv"]
     assert set(tc).isdisjoint(k for k in ta if k.startswith("eval/images/"))
@@ -121,7 +121,7 @@ def test_refuses_to_overwrite_a_dataset(dataset):
     root, _ = dataset
     before = (root / "train" / "train.csv").read_bytes()
     with pytest.raises(InputError, match="already holds a dataset"):
-        synth.generate(root, 2, 1, seed=9, progress=False)
+        demo.generate(root, 2, 1, seed=9, progress=False)
     assert (root / "train" / "train.csv").read_bytes() == before
     assert not (root / ".synth-partial").exists()
 
@@ -129,12 +129,12 @@ def test_refuses_to_overwrite_a_dataset(dataset):
 @pytest.mark.parametrize("people, eval_people, seed", [(0, 1, 0), (1, -1, 0), (1, 1, -3)])
 def test_bad_arguments_raise_input_error(tmp_path, people, eval_people, seed):
     with pytest.raises(InputError):
-        synth.generate(tmp_path / "d", people, eval_people, seed, progress=False)
+        demo.generate(tmp_path / "d", people, eval_people, seed, progress=False)
     assert not (tmp_path / "d").exists()
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "maskclf.synth", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "maskclf.demo", *args], capture_output=True, text=True,
                           timeout=120)
 
 
@@ -158,3 +158,11 @@ def test_cli_writes_then_refuses(tmp_path):
     assert (out / "train" / "train.csv").is_file() and (out / "eval" / "answers.csv").is_file()
     r = _cli("--out", str(out), "--people", "1", "--eval-people", "1", "--quiet")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "refusing" in r.stderr
+
+
+def test_the_earlier_command_name_still_writes_the_dataset(tmp_path):
+    out = tmp_path / "d"
+    r = subprocess.run([sys.executable, "-m", "maskclf.synth", "--out", str(out), "--people", "1", "--eval-people", "0",
+                        "--quiet"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (out / "train" / "train.csv").is_file() and len(list((out / "train" / "images").iterdir())) == 1

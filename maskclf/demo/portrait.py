@@ -6,18 +6,15 @@ photos of a person share it and differ only by mask state, pose and lighting.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-if TYPE_CHECKING:
-    from maskclf.synth import Person
+from maskclf.demo.draw import PAD, H, W, col, face_outline, half_width, oval
+from maskclf.demo.masks import draw_mask, mask_spec
+from maskclf.demo.people import Person
 
-W, H = 384, 512
 # Apparent age = true age + this noise (years): neighbours across 30 and 60 look alike.
 AGE_NOISE = 4.5
-_PAD = 80  # person layer is taller than the frame so a pose shift never bares its bottom edge
 
 
 
@@ -47,45 +44,12 @@ def identity(p: Person, rng: np.random.Generator) -> dict:
         glasses=rng.random() < 0.15, eye=rng.normal(1.0, 0.08),
         cloth=rng.integers(20, 235, 3), shoulders=rng.normal(2.5 if f else 2.8, 0.2),
         neck=rng.uniform(0.15, 0.35) * ry,
-        masks=[_mask_spec(rng)] + [_mask_spec(rng) if rng.random() < 0.35 else None for _ in range(4)],
+        masks=[mask_spec(rng)] + [mask_spec(rng) if rng.random() < 0.35 else None for _ in range(4)],
         wrong=rng.choice(["nose", "mouth", "chin"], p=[0.55, 0.3, 0.15]),
     )
 
 
-def _mask_spec(rng: np.random.Generator) -> dict:
-    style = rng.choice(["surgical", "cloth", "kf94", "pattern"], p=[0.4, 0.2, 0.25, 0.15])
-    palette = {"surgical": [(150, 195, 225), (235, 235, 235), (40, 40, 45), (235, 180, 195)],
-               "kf94": [(240, 240, 240), (35, 35, 38), (150, 150, 155)]}.get(str(style))
-    colour = palette[rng.integers(len(palette))] if palette else tuple(rng.integers(15, 240, 3))
-    return dict(style=str(style), colour=np.array(colour), colour2=rng.integers(15, 240, 3),
-                pattern=str(rng.choice(["dots", "stripes", "checks"])))
-
-
-def _half_width(d: dict, y: float) -> float:
-    """Face half-width at height y: ellipse above the centre, superellipse jaw below."""
-    t = (y - d["cy"]) / d["ry"]
-    if abs(t) >= 1:
-        return 0.0
-    p = 2 + 2.5 * d["jaw"] if t > 0 else 2
-    return d["rx"] * (1 - abs(t) ** p) ** (1 / p)
-
-
-def _face_outline(d: dict, n: int = 48) -> list[tuple[float, float]]:
-    ys = d["cy"] + d["ry"] * np.sin(np.linspace(-np.pi / 2, np.pi / 2, n))
-    right = [(d["cx"] + _half_width(d, y), y) for y in ys]
-    return right + [(2 * d["cx"] - x, y) for x, y in reversed(right)]
-
-
 # ---------------------------------------------------------------- drawing
-
-def _col(c, k: float = 1.0, alpha: int | None = None) -> tuple:
-    rgb = tuple(int(v) for v in np.clip(np.asarray(c, float) * k, 0, 255))
-    return rgb if alpha is None else rgb + (alpha,)
-
-
-def _oval(draw: ImageDraw.ImageDraw, x: float, y: float, rx: float, ry: float, **kw) -> None:
-    draw.ellipse([x - rx, y - ry, x + rx, y + ry], **kw)
-
 
 def _smooth_noise(rng: np.random.Generator, size: tuple[int, int], cell: int, channels: int) -> np.ndarray:
     """Zero-mean noise of unit-ish amplitude varying over ``cell`` pixels (bilinear upsampling)."""
@@ -105,7 +69,7 @@ def background(rng: np.random.Generator) -> Image.Image:
     for _ in range(int(rng.integers(6, 18))):
         x0, y0 = rng.uniform(-60, w), rng.uniform(-60, h)
         box = [x0, y0, x0 + rng.uniform(15, 180), y0 + rng.uniform(15, 220)]
-        c, kind, width = _col(rng.integers(20, 245, 3)), rng.integers(4), int(rng.integers(2, 12))
+        c, kind, width = col(rng.integers(20, 245, 3)), rng.integers(4), int(rng.integers(2, 12))
         if kind == 0:
             draw.rectangle(box, fill=c)
         elif kind == 1:
@@ -119,9 +83,9 @@ def background(rng: np.random.Generator) -> Image.Image:
 
 def _skin_layer(d: dict, rng: np.random.Generator) -> Image.Image:
     """Shaded, textured skin for the face outline: radial falloff, side light, coarser with age."""
-    size = (W, H + _PAD)
+    size = (W, H + PAD)
     shape = Image.new("L", size, 0)
-    ImageDraw.Draw(shape).polygon(_face_outline(d), fill=255)
+    ImageDraw.Draw(shape).polygon(face_outline(d), fill=255)
     yy, xx = np.mgrid[0:size[1], 0:size[0]].astype(np.float32)
     u, v = (xx - d["cx"]) / d["rx"], (yy - d["cy"]) / d["ry"]
     shade = 1.04 - 0.22 * np.clip(u * u + v * v, 0, 1.3) ** 1.5 + 0.09 * d["light"] * u
@@ -132,10 +96,10 @@ def _skin_layer(d: dict, rng: np.random.Generator) -> Image.Image:
 
 def _draw_hair_back(draw: ImageDraw.ImageDraw, d: dict) -> None:
     cx, cy, rx, ry = d["cx"], d["cy"], d["rx"], d["ry"]
-    draw.ellipse([cx - 1.12 * rx, cy - 1.2 * ry, cx + 1.12 * rx, cy + 0.5 * ry], fill=_col(d["hair"]))
+    draw.ellipse([cx - 1.12 * rx, cy - 1.2 * ry, cx + 1.12 * rx, cy + 0.5 * ry], fill=col(d["hair"]))
     if d["hair_len"] > 0.3:  # long hair falls behind the neck, towards or past the shoulders
         w, bottom = rx * (1.1 + 0.25 * d["hair_len"]), cy + ry * (0.2 + 2.0 * d["hair_len"])
-        draw.rounded_rectangle([cx - w, cy - 0.4 * ry, cx + w, bottom], radius=int(rx * 0.5), fill=_col(d["hair"]))
+        draw.rounded_rectangle([cx - w, cy - 0.4 * ry, cx + w, bottom], radius=int(rx * 0.5), fill=col(d["hair"]))
 
 
 def _draw_body(draw: ImageDraw.ImageDraw, d: dict) -> None:
@@ -143,18 +107,18 @@ def _draw_body(draw: ImageDraw.ImageDraw, d: dict) -> None:
     cx, cy, rx, ry, skin = d["cx"], d["cy"], d["rx"], d["ry"], d["skin"]
     chin, sw, nw = cy + ry, rx * d["shoulders"], rx * 0.5
     top = chin + d["neck"]
-    draw.ellipse([cx - sw, top, cx + sw, top + 1.4 * ry], fill=_col(d["cloth"]))
-    draw.rectangle([cx - sw, top + 0.7 * ry, cx + sw, H + _PAD], fill=_col(d["cloth"]))
-    draw.rectangle([cx - nw, cy + 0.3 * ry, cx + nw, top + 0.25 * ry], fill=_col(skin, 0.9))
-    draw.polygon([(cx - nw, top), (cx + nw, top), (cx, top + 0.55 * ry)], fill=_col(skin, 0.86))
-    draw.ellipse([cx - nw, chin - 0.1 * ry, cx + nw, chin + 0.22 * ry], fill=_col(skin, 0.72))
+    draw.ellipse([cx - sw, top, cx + sw, top + 1.4 * ry], fill=col(d["cloth"]))
+    draw.rectangle([cx - sw, top + 0.7 * ry, cx + sw, H + PAD], fill=col(d["cloth"]))
+    draw.rectangle([cx - nw, cy + 0.3 * ry, cx + nw, top + 0.25 * ry], fill=col(skin, 0.9))
+    draw.polygon([(cx - nw, top), (cx + nw, top), (cx, top + 0.55 * ry)], fill=col(skin, 0.86))
+    draw.ellipse([cx - nw, chin - 0.1 * ry, cx + nw, chin + 0.22 * ry], fill=col(skin, 0.72))
     for s in (-1, 1):
-        _oval(draw, cx + s * rx * 0.97, cy - 0.01 * ry, 0.17 * rx, 0.21 * ry, fill=_col(skin, 0.88))
+        oval(draw, cx + s * rx * 0.97, cy - 0.01 * ry, 0.17 * rx, 0.21 * ry, fill=col(skin, 0.88))
 
 
 def _draw_hair_front(draw: ImageDraw.ImageDraw, d: dict, rng: np.random.Generator) -> None:
     """Hair over the forehead and temples; greying shows as grey strands as well as a paler colour."""
-    cx, cy, rx, ry, hair = d["cx"], d["cy"], d["rx"], d["ry"], _col(d["hair"])
+    cx, cy, rx, ry, hair = d["cx"], d["cy"], d["rx"], d["ry"], col(d["hair"])
     hl, top = cy - ry * d["hairline"], cy - 1.16 * ry
     draw.chord([cx - 1.06 * rx, top, cx + 1.06 * rx, 2 * hl - top], 180, 360, fill=hair)
     for s in (-1, 1):  # temples
@@ -165,7 +129,7 @@ def _draw_hair_front(draw: ImageDraw.ImageDraw, d: dict, rng: np.random.Generato
         draw.polygon([(cx - 0.95 * rx, hl)] + tips + [(cx + 0.95 * rx, hl)], fill=hair)
     for _ in range(int(40 + 40 * d["grey"])):
         x0, y0 = cx + rng.uniform(-1, 1) * rx, top + rng.uniform(0.05, 0.35) * ry
-        c = (200, 200, 198) if rng.random() < d["grey"] else _col(d["hair"], rng.uniform(0.6, 1.4))
+        c = (200, 200, 198) if rng.random() < d["grey"] else col(d["hair"], rng.uniform(0.6, 1.4))
         draw.line([x0, y0, x0 + rng.normal(0, 8), y0 + rng.uniform(6, 22)], fill=c, width=1)
 
 
@@ -173,15 +137,15 @@ def _draw_eyes(draw: ImageDraw.ImageDraw, d: dict) -> None:
     """Brows (thicker for men, on average), eyes with whites, iris, pupil and lids; bags; glasses."""
     cx, cy, rx, ry = d["cx"], d["cy"], d["rx"], d["ry"]
     ey, ew, eh, ir = cy - 0.12 * ry, 0.2 * rx * d["eye"], 0.085 * ry * d["eye"], 0.08 * ry * d["eye"]
-    bag = _col(d["skin"], 0.8 - 0.12 * d["wrinkle"])
+    bag = col(d["skin"], 0.8 - 0.12 * d["wrinkle"])
     for s in (-1, 1):
         ex = cx + s * 0.38 * rx
         brow = [(ex - s * 0.28 * rx, ey - 0.2 * ry), (ex, ey - 0.26 * ry), (ex + s * 0.28 * rx, ey - 0.21 * ry)]
-        draw.line(brow, fill=_col(d["hair"], 0.8), width=max(1, int(d["brow"])), joint="curve")
-        _oval(draw, ex, ey, ew, eh, fill=(238, 234, 230), outline=(70, 50, 45), width=2)
-        _oval(draw, ex, ey, ir, ir, fill=(62, 42, 30))
-        _oval(draw, ex, ey, ir / 2, ir / 2, fill=(10, 8, 8))
-        _oval(draw, ex + ir * 0.35, ey - ir * 0.4, ir * 0.18, ir * 0.18, fill=(250, 250, 250))
+        draw.line(brow, fill=col(d["hair"], 0.8), width=max(1, int(d["brow"])), joint="curve")
+        oval(draw, ex, ey, ew, eh, fill=(238, 234, 230), outline=(70, 50, 45), width=2)
+        oval(draw, ex, ey, ir, ir, fill=(62, 42, 30))
+        oval(draw, ex, ey, ir / 2, ir / 2, fill=(10, 8, 8))
+        oval(draw, ex + ir * 0.35, ey - ir * 0.4, ir * 0.18, ir * 0.18, fill=(250, 250, 250))
         lid = [ex - ew * 1.05, ey - eh * 1.6, ex + ew * 1.05, ey + eh * 1.2]
         draw.arc(lid, 200, 340, fill=(50, 35, 30), width=2)
         draw.arc([ex - ew, ey - eh * 0.2, ex + ew, ey + eh * (1.8 + d["a"])], 20, 160, fill=bag,
@@ -190,7 +154,7 @@ def _draw_eyes(draw: ImageDraw.ImageDraw, d: dict) -> None:
             x0 = ex + s * (ew + 3)
             draw.line([x0, ey + (k - 1) * 4, x0 + s * 0.12 * rx, ey + (k - 1) * 7], fill=bag, width=1)
         if d["glasses"]:
-            _oval(draw, ex, ey, 0.27 * rx, 0.16 * ry, outline=(30, 30, 30), width=3)
+            oval(draw, ex, ey, 0.27 * rx, 0.16 * ry, outline=(30, 30, 30), width=3)
     if d["glasses"]:
         draw.line([cx - 0.11 * rx, ey, cx + 0.11 * rx, ey], fill=(30, 30, 30), width=3)
 
@@ -200,16 +164,16 @@ def _draw_lower_face(draw: ImageDraw.ImageDraw, d: dict, rng: np.random.Generato
     cx, cy, rx, ry, skin, wr = d["cx"], d["cy"], d["rx"], d["ry"], d["skin"], d["wrinkle"]
     ny, my, mw = cy + 0.28 * ry, cy + 0.53 * ry, 0.26 * rx
     side = [(cx - 0.03 * rx, cy - 0.07 * ry), (cx - 0.13 * rx, ny), (cx - 0.05 * rx, ny)]
-    draw.polygon(side, fill=_col(skin, 0.86 - 0.05 * d["light"]))
-    _oval(draw, cx, ny - 0.025 * ry, 0.08 * rx, 0.045 * ry, fill=_col(skin, 1.07))
+    draw.polygon(side, fill=col(skin, 0.86 - 0.05 * d["light"]))
+    oval(draw, cx, ny - 0.025 * ry, 0.08 * rx, 0.045 * ry, fill=col(skin, 1.07))
     for s in (-1, 1):
-        _oval(draw, cx + s * 0.1 * rx, ny + 2, 4, 2, fill=_col(skin, 0.45))
+        oval(draw, cx + s * 0.1 * rx, ny + 2, 4, 2, fill=col(skin, 0.45))
     lip = (np.array([175, 95, 95]) * (1 - d["lip"]) + np.array([200, 40, 60]) * d["lip"]) * 0.6 + skin * 0.4
     draw.polygon([(cx - mw, my), (cx - mw * 0.4, my - 0.07 * ry), (cx, my - 0.045 * ry),
-                  (cx + mw * 0.4, my - 0.07 * ry), (cx + mw, my)], fill=_col(lip, 0.85))
-    draw.chord([cx - mw * 0.85, my - 0.06 * ry, cx + mw * 0.85, my + 0.1 * ry], 0, 180, fill=_col(lip))
-    draw.line([cx - mw, my, cx + mw, my], fill=_col(lip, 0.45), width=2)
-    line = _col(skin, 0.78 - 0.1 * wr)
+                  (cx + mw * 0.4, my - 0.07 * ry), (cx + mw, my)], fill=col(lip, 0.85))
+    draw.chord([cx - mw * 0.85, my - 0.06 * ry, cx + mw * 0.85, my + 0.1 * ry], 0, 180, fill=col(lip))
+    draw.line([cx - mw, my, cx + mw, my], fill=col(lip, 0.45), width=2)
+    line = col(skin, 0.78 - 0.1 * wr)
     for k in range(int(4 * wr)):  # forehead lines
         y = cy - ry * d["hairline"] + (k + 1.5) * 0.075 * ry
         draw.arc([cx - 0.5 * rx, y, cx + 0.5 * rx, y + 0.12 * ry], 200, 340, fill=line, width=1 + int(wr > 0.7))
@@ -223,89 +187,15 @@ def _draw_lower_face(draw: ImageDraw.ImageDraw, d: dict, rng: np.random.Generato
     for _ in range(int(d["stubble"] * 250)):
         y = cy + rng.uniform(0.35, 0.98) * ry
         if abs(y - my) > 0.08 * ry:
-            draw.point((cx + rng.uniform(-0.9, 0.9) * _half_width(d, y), y), fill=_col(d["hair"], 1.2))
+            draw.point((cx + rng.uniform(-0.9, 0.9) * half_width(d, y), y), fill=col(d["hair"], 1.2))
 
 
 # Top and bottom of the mask in face half-heights below the face centre, per placement.
-_PLACES = {"wear": (0.12, 1.06), "nose": (0.36, 1.12), "mouth": (0.66, 1.22), "chin": (0.92, 1.45)}
-
-
-def _draw_mask(layer: Image.Image, d: dict, spec: dict, place: str, rng: np.random.Generator) -> None:
-    """A mask from nose bridge to chin ("wear") or slipped down ("nose", "mouth", "chin" out)."""
-    cx, cy, rx, ry = d["cx"], d["cy"], d["rx"], d["ry"]
-    kf, colour = spec["style"] == "kf94", spec["colour"] * rng.uniform(0.93, 1.05)
-    yt, yb = _PLACES[place]
-    yt, yb = cy + (yt + rng.normal(0, 0.025)) * ry, cy + yb * ry
-    ys = np.linspace(yt, yb, 14)
-    half = [max(_half_width(d, y) * 1.06, 0.52 * rx) for y in ys]
-    right = [(cx + h, y + 0.08 * ry * (i == 0)) for i, (h, y) in enumerate(zip(half, ys))]
-    bottom = (cx, yb + (0.02 if kf else 0.07) * ry)
-    left = [(2 * cx - x, y) for x, y in reversed(right)]
-    poly = [(cx, yt - (0.06 if kf else 0.03) * ry)] + right + [bottom] + left  # peaked over the nose
-    draw = ImageDraw.Draw(layer)
-    for s in (-1, 1):  # ear loops
-        ex = cx + s * rx * 0.97
-        draw.line([cx + s * half[1], yt + 0.1 * ry, ex, cy - 0.1 * ry], fill=_col(colour, 0.85), width=2)
-        draw.line([cx + s * half[-3], ys[-3], ex, cy + 0.15 * ry], fill=_col(colour, 0.85), width=2)
-    draw.polygon(poly, fill=_col(colour))
-    if spec["style"] == "pattern":
-        _pattern(layer, poly, spec, rng)
-    seam = _col(colour, 0.72)
-    if spec["style"] == "surgical":  # pleats and the nose wire
-        for t in (0.3, 0.52, 0.74):
-            y = yt + t * (yb - yt)
-            draw.line([cx - half[4] * 0.95, y, cx, y + 3, cx + half[4] * 0.95, y], fill=seam, width=2)
-        wire = yt + 0.03 * ry
-        draw.line([cx - 0.35 * rx, wire, cx + 0.35 * rx, wire], fill=_col(colour, 1.12), width=3)
-    elif kf:  # centre seam and fold
-        draw.line([poly[0], bottom], fill=seam, width=2)
-        draw.line([cx - half[5], ys[5], cx + half[5], ys[5]], fill=seam, width=1)
-    _shade_mask(layer, poly, d)
-
-
-def _bbox(poly: list, size: tuple[int, int]) -> tuple[int, int, int, int]:
-    xs, ys = zip(*poly)
-    return (max(int(min(xs)) - 1, 0), max(int(min(ys)) - 1, 0),
-            min(int(max(xs)) + 2, size[0]), min(int(max(ys)) + 2, size[1]))
-
-
-def _pattern(layer: Image.Image, poly: list, spec: dict, rng: np.random.Generator) -> None:
-    """Dots, stripes or checks in a second colour, clipped to the mask outline."""
-    x0, y0, x1, y1 = _bbox(poly, layer.size)
-    tile = layer.crop((x0, y0, x1, y1))
-    draw, step, c2 = ImageDraw.Draw(tile), int(rng.integers(7, 16)), _col(spec["colour2"])
-    for x in range(0, x1 - x0, step):
-        for y in range(0, y1 - y0, step):
-            if spec["pattern"] == "dots":
-                draw.ellipse([x, y, x + step / 2.5, y + step / 2.5], fill=c2)
-            elif spec["pattern"] == "stripes":
-                draw.rectangle([x, y, x + step / 2, y + step], fill=c2)
-            elif (x // step + y // step) % 2:
-                draw.rectangle([x, y, x + step, y + step], fill=c2)
-    shape = Image.new("L", tile.size, 0)
-    ImageDraw.Draw(shape).polygon([(x - x0, y - y0) for x, y in poly], fill=255)
-    layer.paste(tile, (x0, y0), shape)
-
-
-def _shade_mask(layer: Image.Image, poly: list, d: dict) -> None:
-    """Cloth curving round the face: darker to the sides and bottom, brighter on the lit side."""
-    x0, y0, x1, y1 = _bbox(poly, layer.size)
-    shape = Image.new("L", (x1 - x0, y1 - y0), 0)
-    ImageDraw.Draw(shape).polygon([(x - x0, y - y0) for x, y in poly], fill=255)
-    m = np.asarray(shape, np.float32)[..., None] / 255
-    yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
-    u, v = (xx - d["cx"]) / d["rx"], (yy - y0) / (y1 - y0)
-    k = (1.06 - 0.32 * np.minimum(u * u, 1.3) + 0.1 * d["light"] * u - 0.14 * v)[..., None]
-    crop = np.asarray(layer.crop((x0, y0, x1, y1)), np.float32)
-    crop[..., :3] *= 1 - m + m * k
-    layer.paste(Image.fromarray(np.uint8(np.clip(crop, 0, 255)), "RGBA"), (x0, y0))
-
-
 # ---------------------------------------------------------------- photos
 
 def person_layer(d: dict, rng: np.random.Generator) -> Image.Image:
     # Transparent pixels carry the clothing colour so resampled edges do not turn dark.
-    layer = Image.new("RGBA", (W, H + _PAD), _col(d["cloth"], alpha=0))
+    layer = Image.new("RGBA", (W, H + PAD), col(d["cloth"], alpha=0))
     draw = ImageDraw.Draw(layer)
     _draw_hair_back(draw, d)
     _draw_body(draw, d)
@@ -333,7 +223,7 @@ def photo(d: dict, base: Image.Image, bg: Image.Image, noise: np.ndarray, stem: 
     if stem != "normal":
         idx = int(stem[-1]) - 1 if stem.startswith("mask") else 0  # incorrect: the person's usual mask
         spec = d["masks"][idx] or d["masks"][0]
-        _draw_mask(layer, d, spec, "wear" if stem.startswith("mask") else d["wrong"], rng)
+        draw_mask(layer, d, spec, "wear" if stem.startswith("mask") else d["wrong"], rng)
     ox, oy = rng.integers(0, 25, 2)
     img = bg.crop((int(ox), int(oy), int(ox) + W, int(oy) + H))
     posed = _pose(layer, d, rng)

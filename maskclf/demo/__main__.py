@@ -1,0 +1,3 @@
+from maskclf.demo.generate import main
+
+raise SystemExit(main())

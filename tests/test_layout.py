@@ -1,0 +1,69 @@
+"""The code's shape: two packages, one direction of dependency, no import cycle anywhere."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from tests.conftest import ROOT
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for p in [*ROOT.glob("maskclf/**/*.py"), *ROOT.glob("search/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("bench/*.py")]:
+        parts = p.relative_to(ROOT).with_suffix("").parts
+        name = parts[-1] if parts[0] == "bench" else ".".join(parts).removesuffix(".__init__")
+        mods[name] = p
+    return mods
+
+
+def _imports(mods: dict[str, Path]) -> dict[str, set[str]]:
+    """Project module -> the project modules it imports (at the top or inside a function)."""
+    edges: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                subs = [f"{node.module}.{a.name}" for a in node.names if f"{node.module}.{a.name}" in mods]
+                targets = subs if len(subs) == len(node.names) else [node.module, *subs]
+            else:
+                continue
+            edges[m] |= {t for t in targets if t in mods and t != m}
+    return edges
+
+
+def _cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1 on the current path, 2 done
+
+    def visit(m: str, path: list[str]) -> list[str] | None:
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                return path[path.index(n):] + [n]
+            if n not in state and (found := visit(n, [*path, n])):
+                return found
+        state[m] = 2
+        return None
+
+    for m in sorted(edges):
+        if m not in state and (found := visit(m, [m])):
+            return found
+    return None
+
+
+def test_no_import_cycle_in_the_project():
+    edges = _imports(_modules())
+    assert len(edges) > 40  # the walk found the project
+    cycle = _cycle(edges)
+    assert cycle is None, " -> ".join(cycle)
+
+
+def test_the_cycle_check_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+
+
+def test_the_model_core_never_imports_the_search_layer():
+    edges = _imports(_modules())
+    wrong = {m: sorted(n for n in ns if n.startswith("search")) for m, ns in edges.items() if m.startswith("maskclf")}
+    assert not any(wrong.values()), wrong
