@@ -25,19 +25,20 @@ import torch
 
 from maskclf import config, dataset, engine, faces, predict
 from maskclf.errors import cli
+from maskclf.schema import FacesConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402
 
 
-def _crop_rate(images: list, f: config.FacesConfig, device: str, batch_size: int) -> float:
+def _crop_rate(images: list, f: FacesConfig, device: str, batch_size: int) -> float:
     """Images/s of ``faces.crop_arrays`` over decoded ``images`` with ``batch_size`` per MTCNN call."""
     t0 = time.perf_counter()
     faces.crop_arrays(images, method=f.method, size=f.size, margin=f.margin, batch_size=batch_size, device=device)
     return len(images) / (time.perf_counter() - t0)
 
 
-def _cache_times(paths: list[str], f: config.FacesConfig, device: str) -> tuple[float, float]:
+def _cache_times(paths: list[str], f: FacesConfig, device: str) -> tuple[float, float]:
     """Seconds of a first (miss) and a second (hit) ``build_crop_cache`` call in an empty cache folder."""
     kw = dict(method=f.method, size=f.size, margin=f.margin, batch_size=f.batch_size, device=device,
               progress=False, log=lambda s: None)
