@@ -106,12 +106,16 @@ class SearchConfig:
     reuse_actors: bool = False
     address: str = ""  # Ray cluster address; "" = RAY_ADDRESS, else a Ray running on this node, else a new one; "local" = always a new one
     storage_path: str = ""  # Tune results; must be shared storage on a multi-node cluster
+    # a new study starts from the finished trials of these studies (comma list: names in run.dir, or study
+    # folders' paths) that are points of its space, instead of random start-up trials
+    warm_start: str = ""
     space: dict = field(default_factory=dict)  # dotted config key -> distribution
 
 
 @dataclass
 class TrackingConfig:
     uri: str = ""  # MLflow tracking URI; "" = MLFLOW_TRACKING_URI or sqlite:///<run.dir>/mlflow.db
+    optuna_storage: str = ""  # the Optuna studies' database (SQLAlchemy URL); "" = sqlite:///<run.dir>/optuna.db
 
 
 @dataclass

@@ -42,8 +42,9 @@ class MlflowTrials(tune.Callback):
     ``parent`` (a finalize run, whose trials are folds: ``folds=True`` names and keys them by fold)."""
 
     def __init__(self, uri: str, cfg: Config, dataset_summary: dict | None = None, *, parent: str | None = None,
-                 folds: bool = False):
+                 folds: bool = False, warm_start: list[dict] | None = None):
         self.uri, self.cfg, self.summary = uri, cfg, dataset_summary or {}
+        self.warm_start = list(warm_start or [])  # trials of earlier studies the study started from
         self._tracker: Tracker | None = None
         self.parent: str | None = parent
         self.kind = "fold" if folds else "trial"
@@ -91,9 +92,15 @@ class MlflowTrials(tune.Callback):
                       "cpus_per_trial": s.cpus_per_trial,
                       "gpus_per_trial": s.gpus_per_trial, **{f"data.{k}": v for k, v in self.summary.items()},
                       **{f"space.{k}": yaml.safe_dump(v, default_flow_style=True).strip() for k, v in s.space.items()}}
+            if self.warm_start:
+                params.update(warm_start=s.warm_start, warm_start_trials=len(self.warm_start))
             self.parent = self.tracker.start("search", f"search · {self.cfg.run.study}", params=params)
             self.tracker.log_text(self.parent, yaml.safe_dump(config_mod.to_dict(self.cfg), sort_keys=False),
                                   "study_config.yaml")
+            if self.warm_start:  # which trials of which studies TPE started from
+                rows = [{"study": t["study"], "trial": t["trial"], "value": t["value"], **t["params"]}
+                        for t in self.warm_start]
+                self.tracker.log_text(self.parent, pd.DataFrame(rows).to_csv(index=False), "warm_start.csv")
         return self.parent
 
     def setup(self, **info) -> None:
@@ -288,6 +295,7 @@ class MlflowTrials(tune.Callback):
                 self.tracker.log_artifact(parent, path, "plots")
             best = table.dropna(subset=["best_val_f1"]).iloc[0]
             self.tracker.log_metrics(parent, {"best_val_f1": best["best_val_f1"], "trials": len(table),
+                                              "trials_planned": self.cfg.search.num_samples,
                                               "trials_full_budget": int((table["status"] == "done").sum()),
                                               "trials_failed": int((table["status"] == "error").sum())})
             self.tracker.set_tags(parent, {f"best.{k}": best[k] for k in self.cfg.search.space if k in best})

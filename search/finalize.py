@@ -183,12 +183,19 @@ def _start(cfg: Config, tracker: Tracker, ks: list[int], log: Callable[[str], No
 
 def run(cfg: Config, *, log: Callable[[str], None] = print) -> dict:
     """Finalize (or continue finalizing) ``cfg`` on its folds; returns what metrics.json holds."""
-    from maskclf import dataset, ensemble
-    from search import registry
+    from search.study import driver_lock
 
     cfg = final_epochs(cfg)
     ks = fold_list(cfg)
     tracker = Tracker(tracking_uri(cfg), cfg.run.study)  # a bad tracking store fails before any work
+    with driver_lock(cfg, "python -m search.finalize", log):  # never beside a search or finalize of the study
+        return _finalize(cfg, ks, tracker, log)
+
+
+def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str], None]) -> dict:
+    from maskclf import dataset, ensemble
+    from search import registry
+
     prep = dataset.prepare(cfg, need_eval=True, log=log)
     out, parent = _start(cfg, tracker, ks, log)
     try:

@@ -44,9 +44,10 @@ class LiveTable(tune.Callback):
     nothing but plain data.
     """
 
-    def __init__(self, cfg: Config, every: int = 5, top: int = 3):
+    def __init__(self, cfg: Config, every: int = 5, top: int = 3, before: int = 0):
         self.cfg, self.every, self.top = cfg, every, top
-        self.total, self.max_epochs = cfg.search.num_samples, cfg.train.epochs
+        # ``before``: trials of the study's earlier parts (an extended study counts on from them)
+        self.before, self.total, self.max_epochs = before, before + cfg.search.num_samples, cfg.train.epochs
         self.keys = list(cfg.search.space)
         self.shown = 0
 
@@ -72,10 +73,10 @@ class LiveTable(tune.Callback):
                 outcome(self.cfg, row["epochs"]))
             f1 = row["best_val_f1"]
             f1 = "-" if math.isnan(f1) else f"{f1:.3f}"
-            print(f"[{len(done)}/{self.total} done] trial {trial.trial_id}: val_f1 {f1} after {row['epochs']} epochs "
+            print(f"[{self.before + len(done)}/{self.total} done] trial {trial.trial_id}: val_f1 {f1} after {row['epochs']} epochs "
                   f"({how})", flush=True)
             self.shown += 1
-            if self.shown % self.every == 0 and len(done) < self.total:
+            if self.shown % self.every == 0 and self.before + len(done) < self.total:
                 rows = [self._row(t, t.status == "ERROR" or t is trial and error) for t in done.values()]
                 table = pd.DataFrame(rows).sort_values("best_val_f1", ascending=False, na_position="last")
                 print(report.top_table(table.reset_index(drop=True), n=self.top), flush=True)

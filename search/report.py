@@ -22,17 +22,21 @@ def curves(results) -> dict[str, pd.DataFrame]:
 
 
 def start_order(results) -> list[str]:
-    """Trial keys in the order Tune created the trials.
+    """Trial keys in the order Tune created the trials, part after part of an extended study.
 
     Tune's trial ids are random; the running number sits after the id in the trial's folder name
-    (``train_trial_<id>_<n>_...``). A trial without one goes last.
+    (``train_trial_<id>_<n>_...``). A trial without one goes last in its part.
     """
-    def number(r) -> float:
+    parts: dict[str, int] = {}  # experiment folder -> its rank: the parts come in order
+    for r in results:
+        parts.setdefault((r.path or "").rsplit("/", 1)[0], len(parts))
+
+    def order(r) -> tuple[int, float]:
         key = trial_key(r)
         m = re.search(rf"{re.escape(key)}_(\d+)", (r.path or "").rsplit("/", 1)[-1])
-        return int(m.group(1)) if m else math.inf
+        return parts[(r.path or "").rsplit("/", 1)[0]], int(m.group(1)) if m else math.inf
 
-    return [trial_key(r) for r in sorted(results, key=number)]
+    return [trial_key(r) for r in sorted(results, key=order)]
 
 
 def trials_table(results, cfg: Config) -> pd.DataFrame:

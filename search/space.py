@@ -101,3 +101,40 @@ class DefineByRun:
                                                   log=kind == "loguniform")
             else:
                 chosen[key] = trial.suggest_int(name=key, low=int(args[0]), high=int(args[1]), log=kind == "logint")
+
+
+def distribution(spec: dict):
+    """The Optuna distribution of one validated entry (what :class:`DefineByRun` suggests from)."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    kind = next(k for k in spec if k != "when")
+    args = spec[kind]
+    if kind == "choice":
+        return CategoricalDistribution(args)
+    if kind in ("uniform", "loguniform"):
+        return FloatDistribution(float(args[0]), float(args[1]), log=kind == "loguniform")
+    return IntDistribution(int(args[0]), int(args[1]), log=kind == "logint")
+
+
+def as_point(space: dict[str, dict], params: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+    """``params`` (a trial of another study) as a point of ``space``: the parameters :class:`DefineByRun` would
+    ask for under these values, each inside its distribution; or None and the reason it is not one. Other
+    keys of ``params`` are left out (whether they match what this study fixes is the caller's to check)."""
+    chosen: dict[str, Any] = {}
+    for key, spec in space.items():
+        cond = spec.get("when") or {}
+        if any(chosen.get(k) not in (v if isinstance(v, list) else [v]) for k, v in cond.items()):
+            continue
+        if key not in params:
+            return None, f"it has no value for {key}"
+        kind, value = next(k for k in spec if k != "when"), params[key]
+        args = spec[kind]
+        if kind == "choice":
+            inside = value in args
+        else:
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            inside = number and args[0] <= value <= args[1] and (kind in ("uniform", "loguniform") or value == int(value))
+        if not inside:
+            return None, f"{key}={value!r} is outside this study's space"
+        chosen[key] = value
+    return chosen, None

@@ -17,47 +17,25 @@ from typing import Callable
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError, RunFailed, cli
-from search import cluster, experiment
+from search import cluster, experiment, optuna_study
 from search import space as space_mod
+from search import study as study_mod
 from search.experiment import METRIC, MODE, epoch_budget, study_dir
 from search.tracking import Tracker, tracking_uri
 
-# A study is the same study when these sections match; run.dir / tracking may move.
-STUDY_SECTIONS = ("data", "faces", "folds", "model", "train", "search")
-
-
-def _check_same_study(cfg: Config) -> None:
-    """Refuse to continue a study under a changed configuration: its trials would not be comparable."""
-    saved = study_dir(cfg) / "study.yaml"
-    if not saved.is_file():
-        return
-    old, new = config_mod.to_dict(config_mod.load(saved)), config_mod.to_dict(cfg)
-    changed = [f"{s}.{k}" for s in STUDY_SECTIONS for k in new[s] if old[s].get(k) != new[s][k]]
-    ignored = {"search.address", "search.storage_path", "search.log_in_background",
-               "search.reuse_actors", "search.budget_epochs"}  # how it runs, not what it searches
-    if old["search"].get("scheduler") == new["search"]["scheduler"] == "fifo":  # settings nothing reads
-        ignored |= {"search.grace_period", "search.reduction_factor"}
-    if old["search"].get("sampler") == new["search"]["sampler"] == "random":
-        ignored.add("search.n_startup_trials")
-    changed = [k for k in changed if k not in ignored]
-    if changed:
-        raise InputError(f"study '{cfg.run.study}' in {study_dir(cfg)} was started with a different configuration "
-                         f"(changed: {', '.join(changed)}); choose a new name with run.study=NAME")
-
-
-def _search_args(cfg: Config) -> dict:
-    """The search's side of the experiment: Optuna's TPE (or random) sampler over the space, ASHA, the budget."""
+def _search_args(cfg: Config, part: str) -> dict:
+    """The search's side of one part's experiment: Optuna's TPE (or random) sampler over the space, on the
+    study's Optuna database, ASHA, the budget."""
     import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     s = cfg.search
     sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True,
                                          n_startup_trials=s.n_startup_trials)
     if s.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    searcher = OptunaSearch(space=space_mod.DefineByRun(s.space), metric=METRIC, mode=MODE, sampler=sampler)
+    searcher = optuna_study.searcher(cfg, part, sampler, space_mod.DefineByRun(s.space), METRIC, MODE)
     scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=cfg.train.epochs,
                               grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     if s.scheduler == "fifo":  # no early stopping: every trial trains train.epochs
@@ -69,30 +47,64 @@ def _search_args(cfg: Config) -> dict:
 
 
 def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], None] = print):
-    """Run (or resume) the study of ``cfg``; returns the summary table of its trials (a DataFrame)."""
+    """Run (resume, or extend) the study of ``cfg``; returns the summary table of its trials (a DataFrame)."""
+    space_mod.validate(cfg)
+    study_mod.check_same_study(cfg, log)
+    with study_mod.driver_lock(cfg, "python -m search.tune", log):  # one driver per study
+        Tracker(tracking_uri(cfg), cfg.run.study)  # a bad tracking store fails here, before any data or Ray work
+        return _run(cfg, trainable, log)
+
+
+def _run(cfg: Config, trainable: Callable | None, log: Callable[[str], None]):
     from maskclf import dataset
 
-    space_mod.validate(cfg)
-    _check_same_study(cfg)
-    Tracker(tracking_uri(cfg), cfg.run.study)  # a bad tracking store fails here, before any data or Ray work
+    study, url = study_dir(cfg), optuna_study.storage_url(cfg)
+    new = not (study / "study.yaml").is_file()
+    record = study_mod.read(cfg)
+    if not new and record["optuna"] and record["optuna"] != url and not optuna_study.has_study(url, cfg.run.study):
+        raise InputError(f"study '{cfg.run.study}' keeps its Optuna trials in {record['optuna']}, and {url} has "
+                         f"no such study; set tracking.optuna_storage={record['optuna']}")
+    optuna_study.open_study(url, cfg.run.study)  # a bad Optuna storage fails here too
+    warm = optuna_study.warm_trials(cfg, log) if new and cfg.search.warm_start else []
     joined = cluster.connect(cfg, log)
     cluster.check_resources(cfg, wait_s=600 if joined else 0, log=log)
     cluster.check_storage(cfg)  # a cluster that cannot run the study is refused before any data work
     prep = experiment.object_store_ready(dataset.prepare(cfg, log=log))
-    study = study_dir(cfg)
-    study.mkdir(parents=True, exist_ok=True)
-    if not (study / "study.yaml").is_file():
-        config_mod.save(cfg, study / "study.yaml")
+    if new:
+        study.mkdir(parents=True, exist_ok=True)
+        if warm:
+            optuna_study.add_warm_trials(cfg, warm)
+        record.update(optuna=url, warm_start=[{k: t[k] for k in ("study", "trial", "value", "params")} for t in warm])
+        study_mod.write(cfg, record)
+        config_mod.save(cfg, study / "study.yaml")  # last: its presence marks a started study
     return search(cfg, prep, trainable=trainable, summary=_summary(prep), log=log)
+
+
+def _ran(results: list) -> list:
+    return [r for r in results if r.config is not None or r.metrics]  # not: never started (an epoch budget)
+
+
+def _fit_part(cfg: Config, part: dict, prep, trainable: Callable | None, callbacks: list, before: int,
+              log: Callable[[str], None]) -> list:
+    """One part's Tune experiment to its end (created, or restored where it stopped); its trials' results.
+    ``before``: the trials of the parts before it."""
+    from search.progress import LiveTable
+
+    part_cfg = study_mod.part_config(cfg, part)
+    return list(experiment.fit(part_cfg, part["name"], experiment.trainable(cfg, prep, trainable),
+                               callbacks=[*callbacks, LiveTable(part_cfg, before=before)], log=log,
+                               **_search_args(part_cfg, part["name"])))
 
 
 def search(cfg: Config, prep, *, trainable: Callable | None = None, summary: dict | None = None,
            callbacks: list = (), log: Callable[[str], None] = print):
-    """The study's Tune experiment on a connected Ray, from its prepared data to the best config, the
-    trials table, the plots and the closed MLflow search run (``callbacks`` are added to the study's own)."""
+    """The study's Tune experiments on a connected Ray, from its prepared data to the best config, the
+    trials table, the plots and the closed MLflow search run (``callbacks`` are added to the study's own).
+
+    Each recorded part runs (or resumes) in turn; when ``cfg`` asks for more trials or epochs than they
+    planned, a part is added for the rest."""
     from search import report as report_mod
     from search.callback import MlflowTrials
-    from search.progress import LiveTable
 
     # MLflow's HTTP client retries a lost server for minutes per call; a search should not stall on it
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -100,9 +112,18 @@ def search(cfg: Config, prep, *, trainable: Callable | None = None, summary: dic
     # Tune warns whenever per-epoch checkpoints snapshot the experiment often; that is intended here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tracker = Tracker(tracking_uri(cfg), cfg.run.study)
-    callback = MlflowTrials(tracker.uri, cfg, dataset_summary=summary)
-    results = experiment.fit(cfg, cfg.run.study, experiment.trainable(cfg, prep, trainable),
-                             callbacks=[callback, LiveTable(cfg), *callbacks], log=log, **_search_args(cfg))
+    record = study_mod.read(cfg)
+    callback = MlflowTrials(tracker.uri, cfg, dataset_summary=summary, warm_start=record.get("warm_start"))
+    results: list = []
+    for part in record["parts"]:
+        results += _fit_part(cfg, part, prep, trainable, [callback, *callbacks], len(_ran(results)), log)
+    ran = _ran(results)
+    more = study_mod.extension(cfg, record["parts"], len(ran), sum(int((r.metrics or {}).get("epoch") or 0) for r in ran),
+                               log)
+    if more is not None:
+        record["parts"].append(more)
+        study_mod.write(cfg, record)  # before it runs: a killed extension resumes as this part
+        results += _fit_part(cfg, more, prep, trainable, [callback, *callbacks], len(ran), log)
     table = report_mod.trials_table(results, cfg)
     if table.empty or table["best_val_f1"].isna().all():
         error = no_result(results, cfg)
@@ -118,6 +139,7 @@ def search(cfg: Config, prep, *, trainable: Callable | None = None, summary: dic
     log(report_mod.top_table(table))
     log(f"best config: {best_path}")
     log(f"browse the results: {tracker.ui_command()}")
+    log(f"browse the Optuna study: {optuna_study.dashboard_command(cfg)}")
     return table
 
 

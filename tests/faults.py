@@ -37,7 +37,8 @@ def _start(module: str, args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
 
 
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300, before_kill=None) -> None:
+    """SIGKILL ``proc``'s whole session once ``ready()``; ``before_kill()`` runs first, with it still alive."""
     deadline = time.time() + timeout
     try:
         while time.time() < deadline:
@@ -51,8 +52,37 @@ def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
             time.sleep(0.5)
         else:
             pytest.fail("the moment to kill never came")
+        if before_kill is not None:
+            before_kill()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _optuna_trials(cfg) -> list:
+    """The study's trials as its Optuna database holds them."""
+    import optuna
+
+    from search.optuna_study import storage_url
+
+    return optuna.load_study(study_name=cfg.run.study, storage=storage_url(cfg)).trials
+
+
+def _check_optuna_matches(cfg, planned: int) -> None:
+    """Optuna holds exactly the study's planned trials as finished, none still running, each with the
+    value and every epoch Tune recorded (trials.csv), and nothing else but trials marked lost."""
+    import pandas as pd
+
+    from search.optuna_study import LOST_ATTR
+
+    trials = _optuna_trials(cfg)
+    done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert len(done) == planned, [(t.number, t.state.name) for t in trials]
+    assert all(t.state.name == "FAIL" and LOST_ATTR in t.user_attrs for t in trials if t not in done)
+    table = pd.read_csv(Path(cfg.run.dir) / cfg.run.study / "trials.csv")
+    assert sorted(round(t.value, 6) for t in done) == sorted(round(v, 6) for v in table["val_f1"])
+    for t in done:
+        assert sorted(t.intermediate_values) == list(range(1, len(t.intermediate_values) + 1))
+    assert sorted(len(t.intermediate_values) for t in done) == sorted(table["epochs"])

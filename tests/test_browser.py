@@ -1,4 +1,5 @@
-"""The MLflow UI of a finished smoke search and finalize, checked in a real headless Chromium."""
+"""The MLflow UI of a finished smoke search and finalize, and optuna-dashboard on its Optuna study, checked in
+a real headless Chromium."""
 
 from __future__ import annotations
 
@@ -7,6 +8,9 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -45,6 +49,37 @@ def _text(dom: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom))
 
 
+def _optuna_dashboard(cfg, tmp_path: Path) -> None:
+    """optuna-dashboard, as ``search.tune`` prints it, on the finished study: its trials, values and curves."""
+    import optuna
+
+    from search.optuna_study import dashboard_command, storage_url
+
+    port = free_port()
+    command = dashboard_command(cfg).split("  then ")[0].split()
+    assert command[0] == "optuna-dashboard"
+    proc = subprocess.Popen([str(Path(sys.executable).with_name(command[0])), *command[1:], "--host", "127.0.0.1",
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{base}/api/studies", timeout=2).close()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, "optuna-dashboard did not start"
+                time.sleep(0.5)
+        study = optuna.load_study(study_name=cfg.run.study, storage=storage_url(cfg))
+        page = _text(_chromium(f"{base}/dashboard/studies/{study._study_id}", tmp_path / "p4", "--dump-dom"))
+        assert f"{cfg.run.study} (id={study._study_id})" in page
+        assert f"Best Trial (number={study.best_trial.number}) {study.best_value}" in page
+        assert all(f"trial #{t.number}" in page for t in study.trials)  # the intermediate-value curves
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
 def test_mlflow_ui_lists_search_trials_and_finalize(ray_local, smoke_cfg, ui, tmp_path):
     assert CHROMIUM, "chromium is not installed: .ci/run installs Debian's package"
     cfg = config.apply(smoke_cfg, {"train.epochs": 2, "search.grace_period": 2})
@@ -67,3 +102,4 @@ def test_mlflow_ui_lists_search_trials_and_finalize(ray_local, smoke_cfg, ui, tm
     with Image.open(shot) as im:
         low, high = im.convert("L").getextrema()
         assert im.size == (1500, 1000) and high - low > 100  # a rendered page, not a blank one
+    _optuna_dashboard(cfg, tmp_path)

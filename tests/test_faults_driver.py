@@ -17,7 +17,7 @@ import pytest
 
 from maskclf import config
 from tests.conftest import free_port, start_mlflow_server
-from tests.faults import ROOT, SMOKE, _args, _kill_when, _start, _steps, _tracker
+from tests.faults import ROOT, SMOKE, _args, _check_optuna_matches, _kill_when, _start, _steps, _tracker
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,17 @@ def test_driver_killed_mid_search_resumes_without_losing_or_repeating_work(smoke
         runs = _tracker(cfg).find("trial")
         return any(r.info.status == "FINISHED" for r in runs) and any(r.info.status == "RUNNING" for r in runs)
 
-    _kill_when(_start("search.tune", args), one_done_and_next_started)
+    first = _start("search.tune", args)
+
+    def second_driver_is_refused():
+        t0 = time.time()
+        r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(SMOKE), *args], cwd=ROOT,
+                           env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2 and time.time() - t0 < 60, r.stderr[-3000:]
+        assert f"study 'killed' is being run by pid {first.pid} on " in r.stderr and "Traceback" not in r.stderr
+        assert first.poll() is None  # the first driver is unharmed
+
+    _kill_when(first, one_done_and_next_started, before_kill=second_driver_is_refused)
     tracker = _tracker(cfg)
     before = {r.data.tags["maskclf.key"]: (r.info.status, _steps(tracker, r.info.run_id), r.info.end_time)
               for r in tracker.find("trial")}
@@ -57,6 +67,8 @@ def test_driver_killed_mid_search_resumes_without_losing_or_repeating_work(smoke
             assert t.info.end_time == before[key][2]
     assert [p.info.status for p in tracker.find("search")] == ["FINISHED"]
     assert "top 3 of 3 trials" in r.stdout
+    assert f"taking over the lock of study 'killed' left by pid {first.pid}" in r.stdout
+    _check_optuna_matches(cfg, planned=3)
 
 
 def test_tracking_outage_mid_search_then_filled_in_on_rerun(smoke_cfg, tmp_path):

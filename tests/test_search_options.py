@@ -10,6 +10,7 @@ import pytest
 from maskclf import config
 from maskclf.errors import InputError
 from search import experiment
+from search import study as study_mod
 from search import tune as tune_mod
 from tests.conftest import ROOT, SMOKE
 
@@ -97,11 +98,11 @@ def test_a_study_ignores_settings_its_sampler_and_scheduler_never_read(smoke_cfg
     experiment.study_dir(base).mkdir(parents=True)
     config.save(base, experiment.study_dir(base) / "study.yaml")
     # ASHA's rungs and TPE's startup count do not change a fifo study with the random sampler
-    tune_mod._check_same_study(config.apply(base, {"search.grace_period": 3, "search.reduction_factor": 4,
+    study_mod.check_same_study(config.apply(base, {"search.grace_period": 3, "search.reduction_factor": 4,
                                                    "search.n_startup_trials": 7}))
     for key, value in [("search.scheduler", "asha"), ("search.sampler", "tpe"), ("train.lr", 0.05)]:
         with pytest.raises(InputError, match=key.replace(".", r"\.")):
-            tune_mod._check_same_study(config.apply(base, {key: value}))
+            study_mod.check_same_study(config.apply(base, {key: value}))
 
 
 def test_asha_grace_period_beyond_the_epochs_is_refused_before_the_search():

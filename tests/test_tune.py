@@ -17,6 +17,7 @@ from search import experiment
 from search import tune as tune_mod
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import SMOKE
+from tests.faults import _check_optuna_matches
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
@@ -174,6 +175,7 @@ def test_interrupted_study_resumes_without_duplicates(smoke_cfg):
         assert steps == sorted(set(steps))
     assert len(tracker.find("search")) == 1
     assert "top 3 of 3 trials" in r.stdout
+    _check_optuna_matches(cfg, planned=3)
 
 
 def test_bad_tracking_uri_fails_fast_before_ray(smoke_cfg, tmp_path):

@@ -1,0 +1,235 @@
+"""The study's Optuna record in a real database: every trial's parameters, per-epoch values and end,
+readable by optuna-dashboard, kept across resumes, extended by later parts, and a source of warm starts.
+
+By default a SQLite file beside MLflow's (``<run.dir>/optuna.db``, one Optuna study per ``run.study``);
+``tracking.optuna_storage`` takes any SQLAlchemy URL (PostgreSQL on a cluster head). Only the driver
+writes it: the searcher lives in Tune's controller.
+"""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+from typing import Any, Callable
+
+from maskclf import config as config_mod
+from maskclf.config import Config
+from maskclf.errors import InputError
+from search import space as space_mod
+
+PART_ATTR, LOST_ATTR, FROM_ATTR = "maskclf.part", "maskclf.lost", "maskclf.from"
+# Keys that change where or how fast a trial trains, not its result: a warm start ignores them.
+_RUNTIME_KEYS = {"train.device", "train.num_workers", "train.threads", "faces.device", "faces.batch_size",
+                 "faces.cache_dir"}
+# Where this run's driver finds each study's storage: a restored searcher reconnects there, not to the
+# URL pickled when its experiment started (the run dir may have moved).
+_URLS: dict[str, str] = {}
+
+
+def storage_url(cfg: Config) -> str:
+    if cfg.tracking.optuna_storage:
+        return cfg.tracking.optuna_storage
+    return f"sqlite:///{(config_mod.run_dir(cfg) / 'optuna.db').resolve()}"
+
+
+def storage(url: str):
+    """An Optuna RDB storage; SQLite waits for a busy file instead of failing."""
+    from optuna.storages import RDBStorage
+
+    if url.startswith("sqlite:///"):
+        Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        return RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
+    return RDBStorage(url)
+
+
+def open_study(url: str, name: str, *, create: bool = True, sampler=None):
+    """The Optuna study ``name`` in ``url`` (created when missing and ``create``); a store that cannot be
+    used is an InputError naming it."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        store = storage(url)
+        if not create:
+            return optuna.load_study(study_name=name, storage=store, sampler=sampler)
+        return optuna.create_study(study_name=name, storage=store, sampler=sampler, direction="maximize",
+                                   load_if_exists=True)
+    except KeyError:
+        raise InputError(f"no Optuna study '{name}' in {url}") from None
+    except Exception as e:  # a bad URL, a missing driver, an unreachable server
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise InputError(f"Optuna storage {url} is not usable: {reason}") from None
+
+
+def has_study(url: str, name: str) -> bool:
+    import optuna
+
+    return any(s.study_name == name for s in optuna.get_all_study_summaries(storage(url), include_best_trial=False))
+
+
+def searcher(cfg: Config, part: str, sampler, space, metric: str, mode: str):
+    """Ray's OptunaSearch on the study's storage, keeping Optuna's records exact through a resume."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    class StudySearch(OptunaSearch):
+        """OptunaSearch whose study is never pickled: Tune saves the trials' Optuna ids, and a restored
+        searcher reconnects to this run's storage. Trials that its killed driver asked for after Tune's
+        last snapshot (Tune runs them again as new trials) end as FAIL with ``maskclf.lost``; a result
+        for a trial Optuna already holds as finished (finished after that snapshot) is not told twice."""
+
+        def __init__(self, url: str, part: str, **kwargs):
+            self.url, self.part = url, part
+            super().__init__(storage=storage(url), **kwargs)
+
+        def __getstate__(self) -> dict:
+            state = dict(self.__dict__)
+            state["_ot_study"] = state["_storage"] = None
+            state["_ot_trials"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}
+            return state
+
+        def __setstate__(self, state: dict) -> None:
+            import optuna
+
+            self.__dict__.update(state)
+            self.url = _URLS.get(self._study_name, self.url)
+            self._storage = storage(self.url)
+            self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
+                                               sampler=self._sampler, pruner=optuna.pruners.NopPruner())
+            self._ot_trials = {tid: optuna.Trial(self._ot_study, i) for tid, i in self._ot_trials.items()}
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__getstate__(), f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as f:
+                self.__setstate__(pickle.load(f))
+            close_lost(self._storage, self._ot_study, self.part, {t._trial_id for t in self._ot_trials.values()})
+
+        def suggest(self, trial_id: str):
+            new = trial_id not in self._ot_trials
+            params = super().suggest(trial_id)
+            if new and trial_id in self._ot_trials:
+                self._ot_trials[trial_id].set_user_attr(PART_ATTR, self.part)
+            return params
+
+        def _record(self, trial_id: str):
+            t = self._ot_trials.get(trial_id)
+            return None if t is None else self._storage.get_trial(t._trial_id)
+
+        def on_trial_result(self, trial_id: str, result: dict) -> None:
+            record = self._record(trial_id)
+            if record is None or record.state.is_finished() or \
+                    result.get("training_iteration") in record.intermediate_values:
+                return  # resumed from a checkpoint older than Optuna's record of it
+            super().on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            record = self._record(trial_id)
+            if record is not None and record.state.is_finished():
+                self._completed_trials.add(trial_id)
+                return
+            if record is not None and result and self.metric in result:  # Tune passes a trial's last epoch here only
+                self.on_trial_result(trial_id, result)
+            super().on_trial_complete(trial_id, result, error)
+
+    url = storage_url(cfg)
+    _URLS[cfg.run.study] = url
+    return StudySearch(url, part, space=space, metric=metric, mode=mode, sampler=sampler, study_name=cfg.run.study)
+
+
+def close_lost(store, study, part: str, known: set[int]) -> list[int]:
+    """End as FAIL the trials of ``part`` still RUNNING that Tune does not know (``known``: Optuna trial
+    ids): asked for after the last snapshot of a driver since killed. Returns their numbers."""
+    from optuna.trial import TrialState
+
+    lost = [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get(PART_ATTR) == part and t._trial_id not in known]
+    for t in lost:
+        store.set_trial_user_attr(t._trial_id, LOST_ATTR,
+                                  "asked for after Tune's last snapshot of a killed driver; rerun as a new trial")
+        store.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    return [t.number for t in lost]
+
+
+# ---- warm start ----------------------------------------------------------------------------------
+
+def _source(cfg: Config, name: str) -> tuple[Path, str, str]:
+    """A warm-start source: a study of this run dir, or a study folder's path. Returns its folder, its
+    Optuna storage URL and its Optuna study name."""
+    import json
+
+    p = Path(name).expanduser()
+    folder = p if ("/" in name or p.is_dir()) and not (config_mod.run_dir(cfg) / name).is_dir() else \
+        config_mod.run_dir(cfg) / name
+    study = folder.name
+    url = None
+    if (folder / "parts.json").is_file():
+        url = json.loads((folder / "parts.json").read_text()).get("optuna")
+    return folder, url or f"sqlite:///{(folder.parent / 'optuna.db').resolve()}", study
+
+
+def _fixed(cfg: Config) -> dict[str, Any]:
+    return {k: v for k, v in config_mod.flat(cfg).items()
+            if k.split(".")[0] in ("data", "faces", "folds", "model", "train") and k not in _RUNTIME_KEYS}
+
+
+def warm_trials(cfg: Config, log: Callable[[str], None] = print) -> list[dict]:
+    """The finished trials of the studies in ``search.warm_start`` that are points of this study: inside
+    its space, and the same as it in everything it does not search. Each as a dict: source study, trial
+    number, params, value, intermediate values. Sources that cannot be read are one InputError."""
+    import optuna
+
+    names = [n.strip() for n in cfg.search.warm_start.split(",") if n.strip()]
+    problems, found = [], []
+    space, fixed = cfg.search.space, _fixed(cfg)
+    for name in names:
+        folder, url, study_name = _source(cfg, name)
+        if not (folder / "study.yaml").is_file():
+            problems.append(f"search.warm_start: no study '{name}' at {folder} (no study.yaml)")
+            continue
+        try:
+            source = open_study(url, study_name, create=False)
+        except InputError as e:
+            problems.append(f"search.warm_start: study '{name}': {e}")
+            continue
+        src_cfg = config_mod.load(folder / "study.yaml")
+        taken, skipped = 0, {}
+        for t in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            point, why = space_mod.as_point(space, t.params)
+            if point is not None:
+                theirs = _fixed(config_mod.apply(src_cfg, t.params, where=f"trial {t.number} of {name}"))
+                differ = [k for k in fixed if k not in point and theirs.get(k) != fixed[k]]
+                if differ:
+                    why = f"it differs in {', '.join(differ[:3])}" + (" ..." if len(differ) > 3 else "")
+            if why:
+                skipped[why] = skipped.get(why, 0) + 1
+                continue
+            found.append({"study": study_name, "trial": t.number, "params": point, "value": t.value,
+                          "intermediate": {int(k): v for k, v in t.intermediate_values.items()}})
+            taken += 1
+        reasons = "; ".join(f"{n} because {why}" for why, n in skipped.items())
+        log(f"warm start: {taken} trial(s) of study '{name}' taken over" + (f", {sum(skipped.values())} left "
+                                                                            f"out ({reasons})" if skipped else ""))
+    if problems:
+        raise InputError(problems)
+    return found
+
+
+def add_warm_trials(cfg: Config, trials: list[dict]) -> None:
+    """Give the (new) study the warm-start trials as finished trials, so TPE starts from their results."""
+    import optuna
+
+    study = open_study(storage_url(cfg), cfg.run.study)
+    if study.user_attrs.get("maskclf.warm_started"):
+        return  # added by an earlier run of this command, killed before the study's record was written
+    dists = {k: space_mod.distribution(spec) for k, spec in cfg.search.space.items()}
+    study.add_trials([optuna.trial.create_trial(
+        params=t["params"], distributions={k: dists[k] for k in t["params"]}, value=t["value"],
+        intermediate_values=t["intermediate"], user_attrs={FROM_ATTR: f"{t['study']}#{t['trial']}"})
+        for t in trials])
+    study.set_user_attr("maskclf.warm_started", True)
+
+
+def dashboard_command(cfg: Config) -> str:
+    return f"optuna-dashboard {storage_url(cfg)}  then open http://127.0.0.1:8080 (study '{cfg.run.study}')"
