@@ -17,6 +17,7 @@ import json
 import os
 import socket
 import sys
+from pathlib import Path
 from typing import Callable, Iterator
 
 from maskclf import config as config_mod
@@ -122,29 +123,49 @@ def _holder(text: str) -> str:
         return "another process"
 
 
+def _open_locked(path: Path) -> int | None:
+    """``path`` opened and flock-ed, or None when a live process holds it. Retried when the file was
+    replaced under us (a run that made the study's folder removes it again if it wrote nothing else)."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def driver_lock(cfg: Config, what: str, log: Callable[[str], None] = print) -> Iterator[None]:
-    """Hold the study's lock while ``what`` (``python -m search.tune``, ``... search.finalize``) runs; refuse at once, exit 2, when a live
-    process holds it. The lock is the operating system's (``flock``), so it dies with its process: a lock
-    left by a killed driver is free again, and the next run takes it over."""
-    path = study_dir(cfg) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    """Hold the study's lock while ``what`` (``python -m search.tune``, ``... search.finalize``) runs; refuse
+    at once, exit 2, when a live process holds it. The lock is the operating system's (``flock``), so it dies
+    with its process: a lock left by a killed driver is free again, and the next run takes it over. A run
+    refused before it wrote anything leaves no study folder behind."""
+    folder = study_dir(cfg)
+    made = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_FILE
+    fd = _open_locked(path)
+    if fd is None:
         holder = _holder(path.read_text(errors="replace"))
-        os.close(fd)
+        if made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
         raise InputError(f"study '{cfg.run.study}' is being run by {holder}; wait for it to end or stop it "
-                         f"(lock: {path})") from None
+                         f"(lock: {path})")
     try:
         old = os.pread(fd, 4096, 0).decode(errors="replace").strip()
         if old:
             log(f"taking over the lock of study '{cfg.run.study}' left by {_holder(old)}, which is no longer running")
         since = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
-        command = " ".join([what, *sys.argv[1:]])[:300]
         info = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since, "what": what,
-                           "command": command})
+                           "command": " ".join([what, *sys.argv[1:]])[:300]})
         os.ftruncate(fd, 0)
         os.pwrite(fd, info.encode(), 0)
         os.fsync(fd)
@@ -152,4 +173,7 @@ def driver_lock(cfg: Config, what: str, log: Callable[[str], None] = print) -> I
     finally:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # a clean end leaves no holder behind
+            if made and [p.name for p in folder.iterdir()] == [LOCK_FILE]:
+                path.unlink()  # nothing else written: no study folder left behind
+                folder.rmdir()
         os.close(fd)  # closing releases the flock

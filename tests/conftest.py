@@ -67,12 +67,22 @@ def layout(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_data(tmp_path_factory) -> Path:
-    """The smoke config's demo dataset, generated once per test session."""
+    """The smoke config's demo dataset (and, beside it, its crop cache), made once per test run: the
+    side-by-side workers share one copy, which the first to get here writes while the others wait."""
+    import fcntl
+
     from maskclf import demo
 
-    root = tmp_path_factory.mktemp("smoke") / "data"
-    cfg = config.load(SMOKE)
-    demo.generate(root, cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed, progress=False)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, over the workers'
+    root = shared / "smoke-shared" / "data"
+    root.parent.mkdir(exist_ok=True)
+    with open(shared / "smoke-shared.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root.parent / "complete").is_file():
+            cfg = config.load(SMOKE)
+            demo.generate(root, cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed, progress=False)
+            (root.parent / "complete").touch()
     return root
 
 

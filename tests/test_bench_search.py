@@ -14,6 +14,9 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.integration
 
 
+QUICK_EPOCHS = 3  # half the smoke config's: these runs check that the script works, not its figures
+
+
 def _quick(script: str, smoke_cfg, *args: str) -> subprocess.CompletedProcess:
     """``bench/<script> --quick ARGS`` on the smoke data, in a Ray of its own."""
     return subprocess.run([sys.executable, f"bench/{script}", "--quick", *args, f"data.root={smoke_cfg.data.root}",
@@ -23,18 +26,20 @@ def _quick(script: str, smoke_cfg, *args: str) -> subprocess.CompletedProcess:
 
 def test_search_bench_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     results, png = tmp_path / "RESULTS.md", tmp_path / "curve.png"
-    r = _quick("search_efficiency.py", smoke_cfg, "--results", str(results), "--plot", str(png))
+    r = _quick("search_efficiency.py", smoke_cfg, "--results", str(results), "--plot", str(png),
+               f"train.epochs={QUICK_EPOCHS}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "epochs to random final" in r.stdout and "Goal: ours (TPE + ASHA)" in r.stdout
     table = results.read_text()
     assert "## Search: best val F1 against epochs spent" in table
     g, rf = smoke_cfg.search.grace_period, smoke_cfg.search.reduction_factor
     for label in (f"ours: TPE + ASHA (grace {g}, rf {rf})", "random search, full epochs", "TPE, full epochs"):
-        assert table.count(f"| {label} | 12 | 1 |") == 1, table
+        assert table.count(f"| {label} | {2 * QUICK_EPOCHS} | 1 |") == 1, table
     assert "**met**" in table or "**not met**" in table
     assert png.is_file() and png.stat().st_size > 0
     studies = {p.name for p in (Path(smoke_cfg.run.dir) / "bench-search" / "tune").iterdir() if p.is_dir()}
-    assert studies == {f"ours-g{g}r{rf}-b12-s0", "random-b12-s0", "tpe-full-b12-s0"}
+    b = 2 * QUICK_EPOCHS
+    assert studies == {f"ours-g{g}r{rf}-b{b}-s0", f"random-b{b}-s0", f"tpe-full-b{b}-s0"}
 
 
 def _profile_module():

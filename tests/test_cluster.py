@@ -44,7 +44,8 @@ def cluster_run(smoke_data, tmp_path_factory) -> dict:
     base = tmp_path_factory.mktemp("cluster")
     cache = base / "cache"  # a copy of the session's crop cache (when built yet), which a trial below deletes
     if (smoke_data.parent / "cache").is_dir():
-        shutil.copytree(smoke_data.parent / "cache", cache)
+        # not the entries another test worker is building (they appear by a rename once complete)
+        shutil.copytree(smoke_data.parent / "cache", cache, ignore=shutil.ignore_patterns(".tmp-*"))
     return {"data.root": str(smoke_data), "run.dir": str(base / "runs"), "faces.cache_dir": str(cache),
             "search.storage_path": str(base / "shared" / "tune")}
 

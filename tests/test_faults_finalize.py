@@ -21,7 +21,7 @@ pytestmark = pytest.mark.integration
 def test_driver_killed_during_finalize_keeps_finished_folds(smoke_cfg):
     best = Path(smoke_cfg.run.dir) / "smoke" / "best_config.yaml"
     config.save(config.apply(smoke_cfg, {"train.epochs": 3, "search.cpus_per_trial": 1}), best)
-    args = _args(smoke_cfg, "smoke")
+    args = _args(smoke_cfg, "smoke", "finalize.folds=0,1,2")  # two train at once, the third waits
     final = Path(smoke_cfg.run.dir) / "smoke" / "final"
 
     def fold_done():
@@ -44,7 +44,7 @@ def test_driver_killed_during_finalize_keeps_finished_folds(smoke_cfg):
     r = subprocess.run([sys.executable, "-m", "search.finalize", "--config", str(SMOKE), *args], cwd=ROOT,
                        env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "continuing the interrupted finalize" in r.stdout
+    assert "continuing the interrupted finalize" in r.stdout and "taking over the lock of study 'smoke'" in r.stdout
     for name in done:
         assert f"{name.replace('fold', 'fold ')}: checkpoint complete, not retrained" in r.stdout
         assert (final / "folds" / name / "checkpoint" / "state.pt").stat().st_mtime_ns == stamps[name]
