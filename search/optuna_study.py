@@ -8,7 +8,6 @@ writes it: the searcher lives in Tune's controller.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,9 +20,20 @@ PART_ATTR, LOST_ATTR, FROM_ATTR = "maskclf.part", "maskclf.lost", "maskclf.from"
 # Keys that change where or how fast a trial trains, not its result: a warm start ignores them.
 _RUNTIME_KEYS = {"train.device", "train.num_workers", "train.threads", "faces.device", "faces.batch_size",
                  "faces.cache_dir"}
-# Where this run's driver finds each study's storage: a restored searcher reconnects there, not to the
-# URL pickled when its experiment started (the run dir may have moved).
+# Where this run's driver finds each study's storage (``search.optuna_search.searcher`` sets it): a
+# restored searcher reconnects there, not to the URL pickled when its experiment started (the run dir may
+# have moved).
 _URLS: dict[str, str] = {}
+
+
+def use_url(study_name: str, url: str) -> None:
+    """Make ``url`` the storage of study ``study_name`` for this driver, restored searchers included."""
+    _URLS[study_name] = url
+
+
+def current_url(study_name: str, pickled: str) -> str:
+    """The storage URL this run's driver gave study ``study_name`` (else ``pickled``, the one it started with)."""
+    return _URLS.get(study_name, pickled)
 
 
 def storage_url(cfg: Config) -> str:
@@ -65,77 +75,6 @@ def has_study(url: str, name: str) -> bool:
     import optuna
 
     return any(s.study_name == name for s in optuna.get_all_study_summaries(storage(url), include_best_trial=False))
-
-
-def searcher(cfg: Config, part: str, sampler, space, metric: str, mode: str):
-    """Ray's OptunaSearch on the study's storage, keeping Optuna's records exact through a resume."""
-    from ray.tune.search.optuna import OptunaSearch
-
-    class StudySearch(OptunaSearch):
-        """OptunaSearch whose study is never pickled: Tune saves the trials' Optuna ids, and a restored
-        searcher reconnects to this run's storage. Trials that its killed driver asked for after Tune's
-        last snapshot (Tune runs them again as new trials) end as FAIL with ``maskclf.lost``; a result
-        for a trial Optuna already holds as finished (finished after that snapshot) is not told twice."""
-
-        def __init__(self, url: str, part: str, **kwargs):
-            self.url, self.part = url, part
-            super().__init__(storage=storage(url), **kwargs)
-
-        def __getstate__(self) -> dict:
-            state = dict(self.__dict__)
-            state["_ot_study"] = state["_storage"] = None
-            state["_ot_trials"] = {tid: t._trial_id for tid, t in self._ot_trials.items()}
-            return state
-
-        def __setstate__(self, state: dict) -> None:
-            import optuna
-
-            self.__dict__.update(state)
-            self.url = _URLS.get(self._study_name, self.url)
-            self._storage = storage(self.url)
-            self._ot_study = optuna.load_study(study_name=self._study_name, storage=self._storage,
-                                               sampler=self._sampler, pruner=optuna.pruners.NopPruner())
-            self._ot_trials = {tid: optuna.Trial(self._ot_study, i) for tid, i in self._ot_trials.items()}
-
-        def save(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "wb") as f:
-                pickle.dump(self.__getstate__(), f)
-
-        def restore(self, checkpoint_path: str) -> None:
-            with open(checkpoint_path, "rb") as f:
-                self.__setstate__(pickle.load(f))
-            close_lost(self._storage, self._ot_study, self.part, {t._trial_id for t in self._ot_trials.values()})
-
-        def suggest(self, trial_id: str):
-            new = trial_id not in self._ot_trials
-            params = super().suggest(trial_id)
-            if new and trial_id in self._ot_trials:
-                self._ot_trials[trial_id].set_user_attr(PART_ATTR, self.part)
-            return params
-
-        def _record(self, trial_id: str):
-            t = self._ot_trials.get(trial_id)
-            return None if t is None else self._storage.get_trial(t._trial_id)
-
-        def on_trial_result(self, trial_id: str, result: dict) -> None:
-            record = self._record(trial_id)
-            if record is None or record.state.is_finished() or \
-                    result.get("training_iteration") in record.intermediate_values:
-                return  # resumed from a checkpoint older than Optuna's record of it
-            super().on_trial_result(trial_id, result)
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            record = self._record(trial_id)
-            if record is not None and record.state.is_finished():
-                self._completed_trials.add(trial_id)
-                return
-            if record is not None and result and self.metric in result:  # Tune passes a trial's last epoch here only
-                self.on_trial_result(trial_id, result)
-            super().on_trial_complete(trial_id, result, error)
-
-    url = storage_url(cfg)
-    _URLS[cfg.run.study] = url
-    return StudySearch(url, part, space=space, metric=metric, mode=mode, sampler=sampler, study_name=cfg.run.study)
 
 
 def close_lost(store, study, part: str, known: set[int]) -> list[int]:

@@ -30,12 +30,14 @@ def _search_args(cfg: Config, part: str) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from search.optuna_search import searcher as study_searcher
+
     s = cfg.search
     sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True,
                                          n_startup_trials=s.n_startup_trials)
     if s.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    searcher = optuna_study.searcher(cfg, part, sampler, space_mod.DefineByRun(s.space), METRIC, MODE)
+    searcher = study_searcher(cfg, part, sampler, space_mod.DefineByRun(s.space), METRIC, MODE)
     scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=cfg.train.epochs,
                               grace_period=s.grace_period, reduction_factor=s.reduction_factor)
     if s.scheduler == "fifo":  # no early stopping: every trial trains train.epochs
