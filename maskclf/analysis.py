@@ -13,7 +13,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from maskclf.labels import AGE_NAMES, NUM_CLASSES, class_name, decode
+from maskclf import tasks
+from maskclf.labels import AGE_NAMES
 from maskclf.metrics import macro_f1, per_class_f1
 
 AGE_COLORS = ("#4c72b0", "#55a868", "#c44e52")  # <30, 30-59, >=60
@@ -29,8 +30,10 @@ def _figure(width: float, height: float, layout: str | None = None):
     return fig
 
 
-def save_per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str = "") -> Path:
-    """Horizontal bars of each class's F1, coloured by age band, with the macro F1 as a vertical line.
+def save_per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str = "",
+                      task: str = "all") -> Path:
+    """Horizontal bars of each class's F1 (of ``task``'s classes), coloured by age band where a class has one,
+    with the macro F1 as a vertical line.
 
     Classes absent from both arrays show an empty bar (F1 0) and "(n=0)", so a missing class is
     visible rather than silently dropped. Returns ``path``.
@@ -38,18 +41,22 @@ def save_per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, 
     from matplotlib.patches import Patch
 
     y_true, y_pred = np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)
-    f1 = per_class_f1(y_true, y_pred)
-    support = np.bincount(y_true, minlength=NUM_CLASSES)
+    names = tasks.class_names(task)
+    n = len(names)
+    f1 = per_class_f1(y_true, y_pred, n)
+    support = np.bincount(y_true, minlength=n)
     macro = macro_f1(y_true, y_pred) if len(y_true) else 0.0
-    classes = np.arange(NUM_CLASSES)
-    fig = _figure(8, 7)
+    classes = np.arange(n)
+    bands = [tasks.age_band_of(task, c) for c in classes]
+    fig = _figure(8, 2 + 5 * n / 18)
     ax = fig.subplots()
-    ax.barh(classes, f1, color=[AGE_COLORS[decode(c)[2]] for c in classes])
-    ax.set_yticks(classes, [f"{class_name(c)} (n={support[c]})" for c in classes], fontsize=8)
+    ax.barh(classes, f1, color=["#8c8c8c" if b is None else AGE_COLORS[b] for b in bands])
+    ax.set_yticks(classes, [f"{names[c]} (n={support[c]})" for c in classes], fontsize=8)
     ax.invert_yaxis()  # class 0 on top, as in the confusion matrix
     for c in classes:
         ax.text(f1[c] + 0.01, c, f"{f1[c]:.2f}", va="center", fontsize=7)
-    handles = [Patch(color=col, label=f"age {name}") for col, name in zip(AGE_COLORS, AGE_NAMES)]
+    handles = [Patch(color=col, label=f"age {name}") for col, name in zip(AGE_COLORS, AGE_NAMES)
+               if any(b is not None for b in bands)]
     handles.append(ax.axvline(macro, color="black", linestyle="--", linewidth=1, label=f"macro F1 {macro:.3f}"))
     ax.legend(handles=handles, loc="lower right", fontsize=8)
     ax.set_xlim(0, 1.08)
@@ -61,7 +68,7 @@ def save_per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, 
 
 
 def error_table(y_true: np.ndarray, probs: np.ndarray, paths: Sequence[str] | None = None,
-                persons: Sequence[str] | None = None) -> pd.DataFrame:
+                persons: Sequence[str] | None = None, task: str = "all") -> pd.DataFrame:
     """The misclassified samples, most frequent (true, pred) confusion first, most confident mistake first.
 
     Columns: path, person, true, pred (class names), prob (of the predicted class), p_true (of the
@@ -80,8 +87,9 @@ def error_table(y_true: np.ndarray, probs: np.ndarray, paths: Sequence[str] | No
     })
     table = table[table["true_id"] != table["pred_id"]]
     table["pair_count"] = table.groupby(["true_id", "pred_id"])["prob"].transform("size").astype(np.int64)
-    table["true"] = [class_name(c) for c in table["true_id"]]
-    table["pred"] = [class_name(c) for c in table["pred_id"]]
+    names = tasks.class_names(task)
+    table["true"] = [names[c] for c in table["true_id"]]
+    table["pred"] = [names[c] for c in table["pred_id"]]
     # Ties in count break on the class ids so the order does not depend on the input order.
     table = table.sort_values(["pair_count", "true_id", "pred_id", "prob"], ascending=[False, True, True, False],
                               kind="stable")
@@ -89,15 +97,15 @@ def error_table(y_true: np.ndarray, probs: np.ndarray, paths: Sequence[str] | No
 
 
 def save_error_table(y_true: np.ndarray, probs: np.ndarray, path: str | Path, paths: Sequence[str] | None = None,
-                     persons: Sequence[str] | None = None) -> Path:
+                     persons: Sequence[str] | None = None, task: str = "all") -> Path:
     """:func:`error_table` as a CSV (only the header when nothing is misclassified). Returns ``path``."""
-    error_table(y_true, probs, paths, persons).to_csv(path, index=False)
+    error_table(y_true, probs, paths, persons, task).to_csv(path, index=False)
     return Path(path)
 
 
 def save_error_sheet(y_true: np.ndarray, probs: np.ndarray, crops, path: str | Path, *,
                      crop_rows: np.ndarray | None = None, captions: Sequence[str] | None = None,
-                     groups: int = 6, per_group: int = 8, title: str = "") -> Path:
+                     groups: int = 6, per_group: int = 8, title: str = "", task: str = "all") -> Path:
     """A grid of misclassified face crops: one row per frequent confusion, its most confident mistakes first.
 
     ``crops[crop_rows[i]]`` (``crops[i]`` by default) is sample i's S x S x 3 uint8 crop, so a
@@ -105,7 +113,7 @@ def save_error_sheet(y_true: np.ndarray, probs: np.ndarray, crops, path: str | P
     "true → pred (count)", each crop captioned with its labels, the predicted probability and
     ``captions[i]`` when given. With no mistakes the sheet says so. Returns ``path``.
     """
-    table = error_table(y_true, probs)
+    table = error_table(y_true, probs, task=task)
     pairs = table.drop_duplicates(["true_id", "pred_id"]).head(groups)
     if pairs.empty:
         fig = _figure(6, 1.5)

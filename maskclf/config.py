@@ -204,10 +204,11 @@ def _check_choice(problems: list[str], key: str, value: str, choices: list[str] 
 def value_problems(cfg: Config) -> list[str]:
     """Every invalid value in ``cfg`` (names resolved against the registries)."""
     # each name is checked against the module that implements it (loaded here: most import torch)
-    from maskclf import faces, losses, model, optim, sampling, transforms, weights
+    from maskclf import faces, losses, model, optim, sampling, tasks, transforms, weights
 
     p: list[str] = []
     _check_choice(p, "faces.method", cfg.faces.method, list(faces.METHODS))
+    _check_choice(p, "model.task", cfg.model.task, list(tasks.TASKS))
     _check_choice(p, "model.head", cfg.model.head, list(model.HEADS))
     _check_choice(p, "model.pretrained_source", cfg.model.pretrained_source, list(weights.SOURCES))
     _check_choice(p, "train.augment", cfg.train.augment, list(transforms.PRESETS))

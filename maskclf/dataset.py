@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from maskclf import config as config_mod
-from maskclf import data, faces, folds
+from maskclf import data, faces, folds, tasks
 from maskclf.config import Config
 from maskclf.engine import Samples, resolve_device
 from maskclf.errors import InputError
@@ -29,15 +29,20 @@ class Prepared:
     eval_crops: faces.FaceCrops | None = None
     answers: pd.Series | None = None
 
-    def samples(self, rows: np.ndarray, age_old: int = 60) -> Samples:
+    def labels(self, rows: np.ndarray, task: str = "all", age_old: int = 60) -> np.ndarray:
+        """Labels of train rows for a model of ``task``; ``age_old`` only for training labels."""
+        return tasks.targets(data.labels(self.train.iloc[rows], age_old), task)
+
+    def samples(self, rows: np.ndarray, age_old: int = 60, task: str = "all") -> Samples:
         """Crops and labels of train rows; ``age_old`` only for training labels."""
-        return Samples(np.asarray(self.train_crops.images[rows]), data.labels(self.train.iloc[rows], age_old))
+        return Samples(np.asarray(self.train_crops.images[rows]), self.labels(rows, task, age_old))
 
     def fold(self, cfg: Config, fold: int | None = None) -> tuple[Samples, Samples]:
-        """(train, val) samples of a fold: training labels use data.age_old, validation the real 30/60."""
+        """(train, val) samples of a fold, labelled for ``model.task``: training labels use data.age_old,
+        validation the real 30/60."""
         k = cfg.folds.fold if fold is None else fold
         tr, va = folds.split(self.train, k, cfg.folds.n, cfg.folds.seed)
-        return self.samples(tr, cfg.data.age_old), self.samples(va)
+        return self.samples(tr, cfg.data.age_old, cfg.model.task), self.samples(va, task=cfg.model.task)
 
 
 def ensure_demo(cfg: Config, log: Callable[[str], None] = print) -> Path:

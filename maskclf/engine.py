@@ -22,10 +22,9 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from maskclf import config as config_mod
-from maskclf import losses, metrics, optim, sampling, transforms
+from maskclf import losses, metrics, optim, sampling, tasks, transforms
 from maskclf import model as model_mod
 from maskclf.config import Config
-from maskclf.labels import NUM_CLASSES
 
 STATE_FILE = "state.pt"
 Report = Callable[[dict, Path], None]
@@ -33,7 +32,7 @@ Report = Callable[[dict, Path], None]
 
 @dataclass
 class Samples:
-    """Face crops (N x S x S x 3 uint8) and their 18-class labels."""
+    """Face crops (N x S x S x 3 uint8) and their labels (of the model's task: 18 classes, or mask / gender / age)."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -105,7 +104,7 @@ class Normalizer:
 
 @torch.no_grad()
 def predict_probs(net: model_mod.MaskNet, loader: DataLoader, device: torch.device, amp: bool = True) -> np.ndarray:
-    """Softmax probabilities (N x 18) over a loader of uint8 crops, in order."""
+    """Softmax probabilities (N x the model's classes) over a loader of uint8 crops, in order."""
     net.eval()
     ctx, _ = _amp(device, amp)
     to_input = Normalizer(net, device, channels_last=True)
@@ -114,7 +113,7 @@ def predict_probs(net: model_mod.MaskNet, loader: DataLoader, device: torch.devi
         x = to_input(x)
         with ctx:
             out.append(net(x).float().softmax(1).cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, NUM_CLASSES), np.float32)
+    return torch.cat(out).numpy() if out else np.zeros((0, net.num_classes), np.float32)
 
 
 def _save(path: Path, cfg: Config, state: dict) -> None:
@@ -140,7 +139,7 @@ def load_state(checkpoint_dir: Path) -> dict:
 def build_model(cfg: Config) -> model_mod.MaskNet:
     m = cfg.model
     return model_mod.create(
-        m.backbone, head=m.head, pretrained=m.pretrained, pretrained_file=m.pretrained_file,
+        m.backbone, head=m.head, task=m.task, pretrained=m.pretrained, pretrained_file=m.pretrained_file,
         pretrained_source=m.pretrained_source, drop_rate=m.drop_rate, image_size=cfg.train.image_size,
     )
 
@@ -169,7 +168,7 @@ def setup(cfg: Config, train: Samples, val: Samples) -> Training:
     to_input = Normalizer(net, device, t.channels_last)
     if t.channels_last:
         net = net.to(memory_format=torch.channels_last)
-    counts = np.bincount(train.labels, minlength=NUM_CLASSES)
+    counts = np.bincount(train.labels, minlength=tasks.num_classes(cfg.model.task))
     train_tf = transforms.build(t.augment, size=t.image_size, train=True, seed=t.seed)
     eval_tf = transforms.build("none", size=t.image_size, train=False)
     train_dl = make_loader(train, train_tf, t.batch_size, t.num_workers, sampling.sampler(t.sampler, train.labels, t.seed),
@@ -233,7 +232,7 @@ def train_one_epoch(tr: Training, epoch: int, t, progress: bool = False) -> dict
 
 def evaluate(tr: Training, val: Samples, amp: bool = True) -> dict:
     """The validation metrics (macro F1, loss, accuracies) of the model as it is now."""
-    return metrics.scores(predict_probs(tr.net, tr.val_dl, tr.device, amp), val.labels)
+    return metrics.scores(predict_probs(tr.net, tr.val_dl, tr.device, amp), val.labels, tr.net.task)
 
 
 def fit(

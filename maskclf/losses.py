@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from maskclf.labels import NUM_CLASSES
-
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -41,7 +39,7 @@ class SoftF1Loss(nn.Module):
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         probs = logits.float().softmax(1)
-        onehot = F.one_hot(target, NUM_CLASSES).float()
+        onehot = F.one_hot(target, logits.shape[1]).float()
         tp = (probs * onehot).sum(0)
         fp = (probs * (1 - onehot)).sum(0)
         fn = ((1 - probs) * onehot).sum(0)
@@ -60,7 +58,7 @@ LOSSES: dict[str, Callable[..., LossFn]] = {
 
 
 def create(name: str, counts: np.ndarray, **kwargs) -> nn.Module:
-    """Loss ``name`` for training labels with per-class ``counts`` (length 18)."""
+    """Loss ``name`` for training labels with per-class ``counts`` (one per class of the model's task)."""
     if name not in LOSSES:
         raise ValueError(f"unknown loss '{name}'; choose from {sorted(LOSSES)}")
     return LOSSES[name](counts, **kwargs)

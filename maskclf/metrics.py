@@ -13,43 +13,46 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(f1_score(y_true, y_pred, average="macro"))
 
 
-def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """F1 of each of the 18 classes (0 where a class never occurs in either array)."""
-    return f1_score(y_true, y_pred, labels=list(range(NUM_CLASSES)), average=None, zero_division=0)
+def per_class_f1(y_true: np.ndarray, y_pred: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
+    """F1 of each of the ``n`` classes (0 where a class never occurs in either array)."""
+    return f1_score(y_true, y_pred, labels=list(range(n)), average=None, zero_division=0)
 
 
-def scores(probs: np.ndarray, y_true: np.ndarray) -> dict[str, float]:
-    """val_f1, val_acc, val_loss and per-task accuracies from 18-class probabilities."""
+BANDS = ("f1_lt30", "f1_30_59", "f1_ge60")  # the per-age-band F1 keys of :func:`scores`
+
+
+def scores(probs: np.ndarray, y_true: np.ndarray, task: str = "all") -> dict[str, float]:
+    """val_f1 (the task's macro F1), val_acc, val_loss, and the accuracy of each task the probabilities
+    cover; the per-age-band F1s where they cover age. ``probs`` are of ``task``'s classes (N x 18 for all)."""
+    y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = probs.argmax(1)
-    pm, pg, pa = decode(y_pred)
-    tm, tg, ta = decode(y_true)
     eps = 1e-7
     nll = -np.log(np.clip(probs[np.arange(len(y_true)), y_true], eps, 1.0)).mean()
-    band_f1 = _band_f1(y_true, y_pred)
-    return {
-        "val_f1": macro_f1(y_true, y_pred),
-        "val_acc": float((y_pred == y_true).mean()),
-        "val_loss": float(nll),
-        "mask_acc": float((pm == tm).mean()),
-        "gender_acc": float((pg == tg).mean()),
-        "age_acc": float((pa == ta).mean()),
-        "f1_lt30": band_f1[0],
-        "f1_30_59": band_f1[1],
-        "f1_ge60": band_f1[2],
-    }
+    out = {"val_f1": macro_f1(y_true, y_pred), "val_acc": float((y_pred == y_true).mean()), "val_loss": float(nll)}
+    if task == "all":
+        for name, p, t in zip(("mask", "gender", "age"), decode(y_pred), decode(y_true)):
+            out[f"{name}_acc"] = float((p == t).mean())
+    else:
+        out[f"{task}_acc"] = out["val_acc"]
+    if task in ("all", "age"):
+        out.update(zip(BANDS, band_f1(y_true, y_pred, task)))
+    return out
 
 
-def _band_f1(y_true: np.ndarray, y_pred: np.ndarray) -> list[float]:
-    """Mean F1 of the classes of each age band that occur in ``y_true`` (>=60 is the hard one)."""
-    f1 = per_class_f1(y_true, y_pred)
-    present = np.bincount(y_true, minlength=NUM_CLASSES) > 0
+def band_f1(y_true: np.ndarray, y_pred: np.ndarray, task: str = "all") -> list[float]:
+    """Mean F1 of the classes of each age band that occur in ``y_true`` (>=60 is the hard one); for an age
+    model, the F1 of each band's class."""
+    n = NUM_CLASSES if task == "all" else 3
+    f1 = per_class_f1(y_true, y_pred, n)
+    present = np.bincount(y_true, minlength=n) > 0
+    band = np.arange(n) % 3  # 18 classes: label % 3 is the age band; the age task's classes are the bands
     out = []
-    for band in range(3):
-        sel = present & (np.arange(NUM_CLASSES) % 3 == band)
+    for b in range(3):
+        sel = present & (band == b)
         out.append(float(f1[sel].mean()) if sel.any() else float("nan"))
     return out
 
 
-def confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """18x18 confusion counts, rows = true class."""
-    return confusion_matrix(y_true, y_pred, labels=list(range(NUM_CLASSES)))
+def confusion(y_true: np.ndarray, y_pred: np.ndarray, n: int = NUM_CLASSES) -> np.ndarray:
+    """n x n confusion counts, rows = true class."""
+    return confusion_matrix(y_true, y_pred, labels=list(range(n)))

@@ -9,7 +9,7 @@ import timm
 import torch
 from torch import nn
 
-from maskclf.labels import NUM_CLASSES
+from maskclf import tasks
 
 HEADS = ("joint", "multitask")
 
@@ -24,24 +24,26 @@ def backbone_problem(name: str) -> str | None:
 
 
 class MaskNet(nn.Module):
-    """Backbone features -> 18 logits.
+    """Backbone features -> the logits of the model's task (18 for ``all``, 3 / 2 / 3 for mask / gender / age).
 
-    The multitask head predicts mask (3), gender (2) and age (3) separately and returns
+    For ``all``, the multitask head predicts mask (3), gender (2) and age (3) separately and returns
     ``log p(mask) + log p(gender) + log p(age)`` for each of the 18 combinations, so every
     loss and metric works on 18 outputs either way (cross-entropy on them is exactly the
-    sum of the three tasks' cross-entropies).
+    sum of the three tasks' cross-entropies). A task model has one head of its own classes.
     """
 
-    def __init__(self, backbone: nn.Module, head: str, drop_rate: float = 0.0):
+    def __init__(self, backbone: nn.Module, head: str, drop_rate: float = 0.0, task: str = "all"):
         super().__init__()
         if head not in HEADS:
             raise ValueError(f"unknown head '{head}'; choose from {list(HEADS)}")
         self.backbone = backbone
-        self.head_kind = head
+        self.task = task
+        self.num_classes = tasks.num_classes(task)
+        self.head_kind = head if task == "all" else "joint"
         self.dropout = nn.Dropout(drop_rate)
         # pre-logits width: larger than num_features where timm keeps a head conv (MobileNetV3, VGG)
         width = getattr(backbone, "head_hidden_size", None) or backbone.num_features
-        self.head = nn.Linear(width, NUM_CLASSES if head == "joint" else 3 + 2 + 3)
+        self.head = nn.Linear(width, self.num_classes if self.head_kind == "joint" else 3 + 2 + 3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.head(self.dropout(self.backbone(x)))
@@ -57,6 +59,7 @@ def create(
     backbone: str,
     *,
     head: str = "joint",
+    task: str = "all",
     pretrained: bool = False,
     pretrained_file: str | Path = "",
     pretrained_source: str = "hub",
@@ -88,7 +91,7 @@ def create(
         pretrained = True
         kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
     net = timm.create_model(backbone, pretrained=pretrained, num_classes=0, **kwargs)
-    return MaskNet(net, head, drop_rate)
+    return MaskNet(net, head, drop_rate, task)
 
 
 def normalization(net: MaskNet) -> tuple[tuple[float, ...], tuple[float, ...]]:

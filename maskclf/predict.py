@@ -18,7 +18,6 @@ from PIL import Image, ImageOps
 from maskclf import engine, faces, transforms
 from maskclf import model as model_mod
 from maskclf.config import Config
-from maskclf.labels import NUM_CLASSES
 
 Member = tuple[model_mod.MaskNet, Config]  # a fold model and the config it was trained with
 
@@ -32,7 +31,7 @@ def load_ensemble(checkpoint_dirs: Sequence[str | Path], device: str = "cpu") ->
 
 def model_probs(net: model_mod.MaskNet, cfg: Config, crops: np.ndarray, *, tta: bool = True,
                 batch_size: int = 128, device: str | torch.device = "cpu") -> np.ndarray:
-    """Softmax probabilities (N x 18) of one model on N x S x S x 3 uint8 face crops.
+    """Softmax probabilities (N x the model's classes) of one model on N x S x S x 3 uint8 face crops.
 
     With ``tta`` the crop and its mirror image are both scored and averaged: faces are
     left-right symmetric for every label, and training already flips them.
@@ -53,7 +52,7 @@ def model_probs(net: model_mod.MaskNet, cfg: Config, crops: np.ndarray, *, tta: 
 
 
 def soft_vote(probs: Sequence[np.ndarray]) -> np.ndarray:
-    """Mean of several models' probabilities (each N x 18)."""
+    """Mean of several models' probabilities (each N x C)."""
     if not len(probs):
         raise ValueError("soft voting needs at least one model's probabilities")
     return np.mean(np.stack(probs), axis=0)
@@ -72,9 +71,9 @@ def predict_each(members: Sequence[Member], crops: np.ndarray, *, tta: bool = Tr
 
 def predict_crops(members: Sequence[Member], crops: np.ndarray, *, tta: bool = True, batch_size: int = 128,
                   device: str = "cpu") -> np.ndarray:
-    """The ensemble's probabilities (N x 18): soft voting over ``members``, optionally with flip TTA."""
+    """The ensemble's probabilities (N x its classes): soft voting over ``members``, optionally with flip TTA."""
     if len(crops) == 0:
-        return np.zeros((0, NUM_CLASSES), np.float32)
+        return np.zeros((0, members[0][0].num_classes), np.float32)
     return soft_vote(predict_each(members, crops, tta=tta, batch_size=batch_size, device=device))
 
 
@@ -114,34 +113,53 @@ def write_submission(eval_table: pd.DataFrame, probs: np.ndarray, info_csv_path:
     return info
 
 
+def write_probs(eval_table: pd.DataFrame, probs: np.ndarray, out_path: str | Path) -> pd.DataFrame:
+    """``ImageID, p0, p1, ...``: each eval image's probabilities (row i of ``eval_table``), written atomically.
+    What ``search.combine`` multiplies into the 18 classes."""
+    if len(eval_table) != len(probs):
+        raise ValueError(f"{len(eval_table)} eval images but {len(probs)} rows of probabilities")
+    table = pd.DataFrame(np.asarray(probs).round(6), columns=[f"p{c}" for c in range(np.shape(probs)[1])])
+    table.insert(0, "ImageID", eval_table["image_id"].to_numpy())
+    out_path = Path(out_path)
+    tmp = out_path.with_name(out_path.name + ".tmp")
+    table.to_csv(tmp, index=False)
+    tmp.replace(out_path)
+    return table
+
+
 def oof_table(train: pd.DataFrame, rows: np.ndarray, fold: np.ndarray, probs: np.ndarray,
               labels: np.ndarray) -> pd.DataFrame:
-    """Out-of-fold predictions in train order: person, path, fold, label, pred, prob, p0..p17."""
+    """Out-of-fold predictions in train order: person, path, fold, label, pred, prob, p0..p17 (p0..p2 for
+    a mask model, ...)."""
     order = np.argsort(rows, kind="stable")
     probs = np.asarray(probs)[order]
     table = train.iloc[np.asarray(rows)[order]][["person", "path"]].reset_index(drop=True)
     table["fold"], table["label"], table["pred"] = np.asarray(fold)[order], np.asarray(labels)[order], probs.argmax(1)
     table["prob"] = probs.max(1).round(5)
-    for c in range(NUM_CLASSES):
+    for c in range(probs.shape[1]):
         table[f"p{c}"] = probs[:, c].round(5)
     return table
 
 
-def save_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str) -> None:
-    """The 18x18 confusion matrix as a PNG: counts, shaded by the share of each true class."""
+def save_confusion(y_true: np.ndarray, y_pred: np.ndarray, path: str | Path, title: str,
+                   names: Sequence[str] | None = None) -> None:
+    """The confusion matrix (18x18, or of ``names``' classes) as a PNG: counts, shaded by the share of each
+    true class."""
     from matplotlib.figure import Figure  # Agg canvas without pyplot: no global backend to set
 
-    from maskclf.labels import class_name
+    from maskclf import tasks
     from maskclf.metrics import confusion
 
-    cm = confusion(y_true, y_pred)
+    names = list(names) if names is not None else tasks.class_names("all")
+    n = len(names)
+    cm = confusion(y_true, y_pred, n)
     share = cm / np.maximum(cm.sum(1, keepdims=True), 1)  # row-normalised: rare classes stay visible
-    names = [class_name(c) for c in range(NUM_CLASSES)]
-    fig = Figure(figsize=(11, 10))
+    side = 4 + 7 * n / 18
+    fig = Figure(figsize=(side + 1, side))
     ax = fig.subplots()
     ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
-    ax.set_xticks(range(NUM_CLASSES), names, rotation=90, fontsize=7)
-    ax.set_yticks(range(NUM_CLASSES), names, fontsize=7)
+    ax.set_xticks(range(n), names, rotation=90, fontsize=7)
+    ax.set_yticks(range(n), names, fontsize=7)
     for i, j in zip(*np.nonzero(cm)):
         ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=6,
                 color="white" if share[i, j] > 0.5 else "black")

@@ -45,7 +45,10 @@ class ModelConfig:
     # HF cache) | offline (an installed weights package, converted once: maskclf/weights.py)
     pretrained_source: str = "hub"
     pretrained_file: str = ""  # a local timm-named weights file; wins over pretrained and pretrained_source
-    head: str = "joint"  # joint: one 18-way head | multitask: mask, gender, age heads combined
+    # all: the 18 classes | mask | gender | age: one task alone (the write-up's separate models, joined by
+    # python -m search.combine); a task model has one head of its own classes and is scored by its own macro F1
+    task: str = "all"
+    head: str = "joint"  # task all: joint (one 18-way head) | multitask (mask, gender, age heads combined)
     drop_rate: float = 0.0  # dropout before the classifier
 
 

@@ -32,9 +32,10 @@ def new_dir(base: Path) -> Path:
 
 
 def _line(m: dict) -> str:
+    acc = "  ".join(f"{t} {m[f'{t}_acc']:.3f}" for t in ("mask", "gender", "age") if f"{t}_acc" in m)
+    ge60 = f"  >=60 F1 {m['f1_ge60']:.3f}" if "f1_ge60" in m else ""
     return (f"epoch {m['epoch']:>3}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-            f"val_f1 {m['val_f1']:.4f}  mask {m['mask_acc']:.3f}  gender {m['gender_acc']:.3f}  "
-            f"age {m['age_acc']:.3f}  lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s")
+            f"val_f1 {m['val_f1']:.4f}  {acc}{ge60}  lr {m['lr']:.2e}  {m['images_per_s']:.0f} img/s")
 
 
 @cli
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         out = new_dir(config_mod.run_dir(cfg) / cfg.run.study / "train" / f"fold{cfg.folds.fold}")
     out.mkdir(parents=True, exist_ok=True)
     config_mod.save(cfg, out / "config.yaml")
-    print(f"training {cfg.model.backbone} on fold {cfg.folds.fold}: {len(train)} train / {len(val)} val images"
+    what = "" if cfg.model.task == "all" else f" ({cfg.model.task} model)"
+    print(f"training {cfg.model.backbone}{what} on fold {cfg.folds.fold}: {len(train)} train / {len(val)} val images"
           f" -> {out}", flush=True)
     result = engine.fit(cfg, train, val, lambda m, _: print(_line(m), flush=True), out_dir=out,
                         resume=out / "checkpoint" if args.resume else None, progress=not args.quiet, log=log)

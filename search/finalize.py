@@ -235,9 +235,9 @@ def _log_results(tracker: Tracker, parent: str, m: dict, out: Path) -> None:
         tracker.log_metrics(parent, {"fold_f1": f1}, step=k)
     for k, f1 in zip(m["folds"], m.get("eval_f1_folds", [])):
         tracker.log_metrics(parent, {"eval_f1_fold": f1}, step=k)
-    from maskclf.ensemble import OUTPUT_FILES
+    from maskclf.ensemble import output_files
 
-    for name in (*OUTPUT_FILES, "config.yaml"):
+    for name in (*output_files(m["task"]), "config.yaml"):
         tracker.log_artifact(parent, out / name)
 
 

@@ -1,10 +1,13 @@
-"""The finalized fold ensemble as one MLflow model, registered under the study's name.
+"""The finalized fold ensemble as one MLflow model, registered under the study's name; and the
+combination of a mask, a gender and an age ensemble (``search.combine``), registered as ``combined``.
 
-Contract of the registered model (``mlflow.pyfunc.load_model("models:/<study>@champion")``):
+Contract of the registered models (``mlflow.pyfunc.load_model("models:/<study>@champion")``):
 ``predict`` takes a list of image file paths (or a one-column pandas DataFrame of them, which
-MLflow turns into that list) and returns a list of 18-class labels (ints 0..17), one per path.
+MLflow turns into that list) and returns a list of labels, one per path: 18-class labels (ints
+0..17), or for a task study's ensemble its task's labels (mask 0..2, gender 0..1, age 0..2).
 It crops the face itself with the crop settings the folds were trained on, then soft-votes
-the fold models (with flip TTA when finalize used it).
+the fold models (with flip TTA when finalize used it). The combined model soft-votes each task's
+folds and multiplies the three tasks' probabilities into the 18 classes.
 
 Loading needs the ``maskclf`` package (which holds ``search``) installed: it is not on PyPI,
 so it is not in the model's pip requirements, which pin the rest of the environment.
@@ -24,14 +27,14 @@ import mlflow
 import torch
 
 from maskclf import config as config_mod
-from maskclf import engine, predict
+from maskclf import engine, predict, tasks
 
 ALIAS = "champion"
 # "Models from code": MLflow stores this script, not a pickle, and runs it when loading.
 _MODEL_CODE = """import mlflow
-from search.registry import EnsembleModel
+from search.registry import {cls}
 
-mlflow.models.set_model(EnsembleModel())
+mlflow.models.set_model({cls}())
 """
 _REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "albumentations", "opencv-python-headless",
                  "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "scikit-learn", "cloudpickle")
@@ -48,7 +51,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         self.members = predict.load_ensemble([context.artifacts[n] for n in names], self.device)
 
     def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[int]:
-        """Labels 0..17 for a list of image file paths."""
+        """Labels (0..17, or the task's) for a list of image file paths."""
         if not model_input:
             return []
         images = [predict.read_rgb(p) for p in model_input]
@@ -56,6 +59,37 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         crops = predict.crop_images(images, self.members[0][1], self.device)
         probs = predict.predict_crops(self.members, crops, tta=self.tta, device=self.device)
         return [int(v) for v in probs.argmax(1)]
+
+
+class CombinedModel(mlflow.pyfunc.PythonModel):
+    """A mask, a gender and an age ensemble (artifacts ``mask_fold0``, ``gender_fold0``, ...) multiplied into the
+    18 classes. A part may be an 18-way ensemble, whose probabilities are summed down to its task."""
+
+    def load_context(self, context) -> None:
+        conf = context.model_config or {}
+        self.device = str(engine.resolve_device(conf.get("device", "auto")))
+        self.tta = conf.get("tta", {})
+        self.parts = {}
+        for task in tasks.PARTS:
+            names = sorted((n for n in context.artifacts if n.startswith(f"{task}_fold")),
+                           key=lambda n: int(n.rpartition("fold")[2]))
+            self.parts[task] = predict.load_ensemble([context.artifacts[n] for n in names], self.device)
+
+    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[int]:
+        """Labels 0..17 for a list of image file paths."""
+        if not model_input:
+            return []
+        images = [predict.read_rgb(p) for p in model_input]
+        crops: dict[tuple, Any] = {}  # the parts may crop faces differently: each setting once
+        probs = {}
+        for task, members in self.parts.items():
+            f = members[0][1].faces
+            key = (f.method, f.size, f.margin)
+            if key not in crops:
+                crops[key] = predict.crop_images(images, members[0][1], self.device)
+            p = predict.predict_crops(members, crops[key], tta=bool(self.tta.get(task, True)), device=self.device)
+            probs[task] = tasks.marginal(p, members[0][0].task)
+        return [int(v) for v in tasks.combine(probs["mask"], probs["gender"], probs["age"]).argmax(1)]
 
 
 def _requirements() -> list[str]:
@@ -109,19 +143,34 @@ def register(uri: str, run_id: str, name: str, checkpoints: dict[int, Path], *, 
              tags: dict[str, Any] | None = None) -> int:
     """Log the ensemble of ``checkpoints`` (fold -> checkpoint dir) as model ``model`` of run ``run_id``,
     register it as a new version of ``name`` with alias ``champion``; returns the version."""
+    return _register(uri, run_id, name, {f"fold{k}": c for k, c in checkpoints.items()}, "EnsembleModel",
+                     {"tta": tta, "device": "auto"}, tags)
+
+
+def register_combined(uri: str, run_id: str, name: str, parts: dict[str, dict[int, Path]], *,
+                      tta: dict[str, bool], tags: dict[str, Any] | None = None) -> int:
+    """Log the combination of a mask, a gender and an age ensemble (``parts``: task -> fold -> checkpoint dir)
+    as model ``model`` of run ``run_id``, register it as a new version of ``name`` with alias ``champion``;
+    returns the version."""
+    artifacts = {f"{task}_fold{k}": c for task, ckpts in parts.items() for k, c in ckpts.items()}
+    return _register(uri, run_id, name, artifacts, "CombinedModel", {"tta": tta, "device": "auto"}, tags)
+
+
+def _register(uri: str, run_id: str, name: str, checkpoints: dict[str, Path], cls: str, model_config: dict,
+              tags: dict[str, Any] | None) -> int:
     from mlflow import MlflowClient
 
     staging = Path(tempfile.mkdtemp(prefix="maskclf-model-"))
     try:
         artifacts = {}
-        for k, ckpt in sorted(checkpoints.items()):
-            _slim_copy(Path(ckpt), staging / f"fold{k}")
-            artifacts[f"fold{k}"] = str(staging / f"fold{k}")
-        (staging / "ensemble_model.py").write_text(_MODEL_CODE)
+        for key, ckpt in sorted(checkpoints.items()):
+            _slim_copy(Path(ckpt), staging / key)
+            artifacts[key] = str(staging / key)
+        (staging / "ensemble_model.py").write_text(_MODEL_CODE.format(cls=cls))
         with _mlflow_uris(uri), mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None):
             info = mlflow.pyfunc.log_model(
                 name="model", python_model=str(staging / "ensemble_model.py"), artifacts=artifacts,
-                model_config={"tta": tta, "device": "auto"}, pip_requirements=_requirements(),
+                model_config=model_config, pip_requirements=_requirements(),
                 registered_model_name=name,
             )
         version = int(info.registered_model_version)

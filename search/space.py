@@ -12,9 +12,11 @@ where its condition holds.
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Callable
 
 from maskclf import config as config_mod
+from maskclf import tasks
 from maskclf.config import Config
 from maskclf.errors import InputError
 
@@ -49,6 +51,18 @@ def _spec_problems(key: str, spec: Any, known: set[str], earlier: list[str]) -> 
 def _values(spec: dict) -> list[Any]:
     """The choices, or the two bounds: enough to check that every value type-checks."""
     return list(spec[next(k for k in spec if k != "when")])
+
+
+def for_task(cfg: Config, log: Callable[[str], None] = print) -> Config:
+    """``cfg`` without the space's parameters that a model of its ``model.task`` ignores (``model.head`` for a
+    task model, ``data.age_old`` for mask and gender), so one space serves every task's study."""
+    ignored = [k for k in cfg.search.space if k in tasks.ignored_keys(cfg.model.task)]
+    if not ignored:
+        return cfg
+    log(f"search.space: {', '.join(ignored)} left out (no effect on a {cfg.model.task} model)")
+    cfg = copy.deepcopy(cfg)
+    cfg.search.space = {k: v for k, v in cfg.search.space.items() if k not in ignored}
+    return cfg
 
 
 def validate(cfg: Config) -> dict[str, dict]:

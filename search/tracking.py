@@ -64,9 +64,12 @@ def trial_params(cfg: Config) -> dict[str, str]:
 
 
 def run_name(cfg: Config, prefix: str = "") -> str:
-    """A name a person can read, e.g. ``#3 efficientnet_b0 · adamw · 3e-04 · cosine``."""
+    """A name a person can read, e.g. ``#3 efficientnet_b0 · adamw · 3e-04 · cosine`` (``#3 age ·
+    efficientnet_b0 · ...`` for a task model)."""
     t = cfg.train
     name = f"{cfg.model.backbone} · {t.optimizer} · {t.lr:.0e} · {t.scheduler}"
+    if cfg.model.task != "all":
+        name = f"{cfg.model.task} · {name}"
     return f"{prefix} {name}".strip()
 
 

@@ -50,6 +50,7 @@ def _search_args(cfg: Config, part: str) -> dict:
 
 def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], None] = print):
     """Run (resume, or extend) the study of ``cfg``; returns the summary table of its trials (a DataFrame)."""
+    cfg = space_mod.for_task(cfg, log)
     space_mod.validate(cfg)
     study_mod.check_same_study(cfg, log)
     with study_mod.driver_lock(cfg, "python -m search.tune", log):  # one driver per study

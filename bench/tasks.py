@@ -1,0 +1,156 @@
+"""One 18-way model against the write-up's three task models, on the same epoch budget.
+
+    python bench/tasks.py [--quick] [--results PATH] [--config conf/search.yaml] [key=value ...]
+
+Two arms, each run with the project's own commands (as subprocesses, so each step is what a user runs):
+
+- ``all``: ``search.tune`` then ``search.finalize`` of one 18-way study (the config as it is);
+- ``tasks``: a ``search.tune`` and a ``search.finalize`` per task (``model.task=mask|gender|age``), then
+  ``search.combine``. The 18-way arm's epochs are split between the three tasks (:data:`SPLIT`): each task
+  study is stopped by ``search.budget_epochs`` at its share of the 18-way search's epochs, and its fold
+  models train its share of ``finalize.epochs``, so both arms train about as many epochs in all. Age, the
+  hardest task, gets the largest share, mask, nearly solved after one epoch, the smallest.
+
+Every step's wall time is kept in ``<run.dir>/bench_tasks.json``; running the command again skips the
+finished steps (and the commands themselves resume an interrupted step). Prints the table and appends
+one row per arm to bench/RESULTS.md: out-of-fold and eval macro F1, the per-age-band OOF F1, epochs trained
+and wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._results import RESULTS, append_row, machine  # noqa: E402
+from maskclf import config  # noqa: E402
+from maskclf.errors import cli  # noqa: E402
+
+SECTION = "Tasks: one 18-way model against separate mask, gender and age models, same epoch budget"
+SMOKE = Path(__file__).resolve().parent.parent / "conf" / "smoke.yaml"
+# each task's share of the 18-way arm's search and finalize epochs
+SPLIT = {"mask": 0.2, "gender": 0.35, "age": 0.45}
+
+
+def split(total: int, shares: dict[str, float] = SPLIT) -> dict[str, int]:
+    """``total`` epochs split by ``shares`` into whole numbers (at least 1 each) that add up to ``total``
+    (largest remainders first)."""
+    raw = {k: total * v for k, v in shares.items()}
+    out = {k: max(1, math.floor(v)) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: raw[k] - math.floor(raw[k]), reverse=True):
+        if sum(out.values()) >= total:
+            break
+        out[k] += 1
+    return out
+
+
+def _run(argv: list[str], state: dict, key: str, state_file: Path) -> None:
+    """Run one command unless ``state`` says it finished; record its wall time."""
+    if key in state:
+        print(f"== {key}: done before ({state[key]:.0f} s)", flush=True)
+        return
+    print(f"== {key}: python -m {' '.join(argv)}", flush=True)
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", *argv])
+    if r.returncode != 0:
+        raise SystemExit(f"{key} failed (exit {r.returncode}); run the benchmark again to resume it")
+    state[key] = time.monotonic() - t0
+    state_file.write_text(json.dumps(state, indent=2) + "\n")
+
+
+def _epochs_searched(run_dir: Path, study: str) -> int:
+    return int(pd.read_csv(run_dir / study / "trials.csv")["epochs"].sum())
+
+
+def _latest(folder: Path, prefix: str) -> dict:
+    """metrics.json of the newest finished ``<prefix>``, ``<prefix>-2``, ... in ``folder``."""
+    done = [p / "metrics.json" for p in folder.glob(f"{prefix}*") if (p / "metrics.json").is_file()]
+    if not done:
+        raise SystemExit(f"no finished {prefix} in {folder}")
+    return json.loads(max(done, key=lambda p: p.stat().st_mtime).read_text())
+
+
+def run_arms(args, cfg: config.Config) -> dict:
+    """Run (or resume) both arms; returns each arm's figures."""
+    base = ["--config", str(args.config), *args.overrides]
+    run_dir = config.run_dir(cfg)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    state_file = run_dir / "bench_tasks.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    _run(["search.tune", *base, "run.study=all"], state, "all/tune", state_file)
+    _run(["search.finalize", *base, "run.study=all"], state, "all/finalize", state_file)
+    searched = _epochs_searched(run_dir, "all")
+    final_epochs = cfg.finalize.epochs or cfg.train.epochs
+    budgets, epochs = split(searched), split(final_epochs)
+    for task in SPLIT:
+        study = [f"run.study={task}", f"model.task={task}"]
+        _run(["search.tune", *base, *study, f"search.budget_epochs={budgets[task]}"], state, f"{task}/tune",
+             state_file)
+        _run(["search.finalize", *base, *study, f"finalize.epochs={epochs[task]}"], state, f"{task}/finalize",
+             state_file)
+    _run(["search.combine", *base, *(f"{t}={t}" for t in SPLIT)], state, "tasks/combine", state_file)
+    arms = {"all": {"m": _latest(run_dir / "all", "final"), "searched": searched,
+                    "final": final_epochs * cfg.folds.n, "wall": state["all/tune"] + state["all/finalize"],
+                    "what": f"one 18-way study: {searched} search epochs, folds of {final_epochs} epochs"},
+            "tasks": {"m": _latest(run_dir, "combined"),
+                      "searched": sum(_epochs_searched(run_dir, t) for t in SPLIT),
+                      "final": sum(epochs.values()) * cfg.folds.n,
+                      "wall": sum(v for k, v in state.items() if not k.startswith("all/")),
+                      "what": "mask / gender / age studies: search budgets " +
+                              " / ".join(str(budgets[t]) for t in SPLIT) + " epochs, folds of " +
+                              " / ".join(str(epochs[t]) for t in SPLIT) + " epochs"}}
+    return arms
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"
+
+
+def _row(arm: dict) -> list[str]:
+    m = arm["m"]
+    bands = m.get("band_f1", {})
+    return [arm["what"], _fmt(m.get("oof_f1")), _fmt(m.get("eval_f1")),
+            " / ".join(_fmt(bands.get(b)) for b in ("<30", "30-59", ">=60")),
+            " / ".join(_fmt(m.get(f"{t}_acc")) for t in ("mask", "gender", "age")),
+            f"{arm['searched']} + {arm['final']}", f"{arm['wall'] / 60:.1f} min"]
+
+
+HEADER = ["arm", "OOF macro F1", "eval macro F1", "OOF F1 by age band (<30 / 30-59 / >=60)",
+          "OOF mask / gender / age accuracy", "epochs (search + folds)", "wall time"]
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/tasks.py", description=__doc__.split("\n")[0])
+    p.add_argument("--config", default=None, help="YAML config (default conf/search.yaml; --quick: conf/smoke.yaml)")
+    p.add_argument("--quick", action="store_true", help="the smoke config, 2 folds of 2 epochs")
+    p.add_argument("--results", default=str(RESULTS), help="results file (default bench/RESULTS.md)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    args = p.parse_args(argv)
+    args.config = args.config or str(SMOKE if args.quick else config.DEFAULT_CONFIG)
+    if args.quick:
+        args.overrides = ["train.epochs=2", "search.grace_period=1", "finalize.folds=0,1", *args.overrides]
+    cfg = config.load(args.config, args.overrides)
+    arms = run_arms(args, cfg)
+    print(" | ".join(HEADER))
+    for arm in arms.values():
+        print(" | ".join(_row(arm)))
+    cmd = "python bench/tasks.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for arm in arms.values():
+        append_row(SECTION, ["date", "machine", *HEADER, "command"],
+                   [str(datetime.date.today()), machine(), *_row(arm), f"`{cmd.strip()}`"], args.results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
