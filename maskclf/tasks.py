@@ -68,6 +68,16 @@ def marginal(probs: np.ndarray, task: str) -> np.ndarray:
     return cube.sum(axis=other)
 
 
+def as_task(probs: np.ndarray, model_task: str, task: str) -> np.ndarray:
+    """A model's probabilities (of ``model_task``'s classes) as ``task``'s: themselves, or summed down from an
+    18-class model's."""
+    if model_task == task:
+        return np.asarray(probs)
+    if model_task != "all":
+        raise ValueError(f"a {model_task} model's probabilities are not {task} probabilities")
+    return marginal(probs, task)
+
+
 def combine(mask: np.ndarray, gender: np.ndarray, age: np.ndarray) -> np.ndarray:
     """18-class probabilities from the three tasks' (N x 3, N x 2, N x 3): ``p(m) p(g) p(a)`` at
     ``m * 6 + g * 3 + a``."""

@@ -46,7 +46,7 @@ class Part:
 
     def probs(self, table: pd.DataFrame) -> np.ndarray:
         cols = [c for c in table.columns if c.startswith("p") and c[1:].isdigit()]
-        return tasks.marginal(table[cols].to_numpy(np.float64), self.cfg.model.task)
+        return tasks.as_task(table[cols].to_numpy(np.float64), self.cfg.model.task, self.task)
 
 
 def _final(run_dir: Path, spec: str) -> tuple[Path | None, str]:

@@ -88,7 +88,7 @@ class CombinedModel(mlflow.pyfunc.PythonModel):
             if key not in crops:
                 crops[key] = predict.crop_images(images, members[0][1], self.device)
             p = predict.predict_crops(members, crops[key], tta=bool(self.tta.get(task, True)), device=self.device)
-            probs[task] = tasks.marginal(p, members[0][0].task)
+            probs[task] = tasks.as_task(p, members[0][0].task, task)
         return [int(v) for v in tasks.combine(probs["mask"], probs["gender"], probs["age"]).argmax(1)]
 
 

@@ -133,3 +133,12 @@ def test_combine_arguments_split_studies_from_overrides():
     with pytest.raises(InputError) as e:
         combine.split_args(["mask=", "age=a", "age=b"])
     assert e.value.problems == ["mask=: name a study after mask=", "age= is given twice"]
+
+
+def test_a_models_probabilities_as_a_task_are_its_own_or_summed_from_18_classes():
+    rng = np.random.default_rng(1)
+    p18, p3 = rng.dirichlet(np.ones(18), size=4), rng.dirichlet(np.ones(3), size=4)
+    assert tasks.as_task(p3, "age", "age") is not None and np.array_equal(tasks.as_task(p3, "age", "age"), p3)
+    assert np.allclose(tasks.as_task(p18, "all", "gender"), tasks.marginal(p18, "gender"))
+    with pytest.raises(ValueError, match="a mask model's probabilities are not age probabilities"):
+        tasks.as_task(p3, "mask", "age")
