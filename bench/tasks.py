@@ -23,6 +23,7 @@ import argparse
 import datetime
 import json
 import math
+import os
 import subprocess
 import sys
 import time
@@ -61,7 +62,10 @@ def _run(argv: list[str], state: dict, key: str, state_file: Path) -> None:
         return
     print(f"== {key}: python -m {' '.join(argv)}", flush=True)
     t0 = time.monotonic()
-    r = subprocess.run([sys.executable, "-m", *argv])
+    # each command starts a Ray of its own unless told where one is: joining whatever Ray runs on this machine
+    # (a test suite's, another benchmark's) would tie the step's life to that one's
+    env = {**os.environ, "RAY_ADDRESS": os.environ.get("RAY_ADDRESS", "local")}
+    r = subprocess.run([sys.executable, "-m", *argv], env=env)
     if r.returncode != 0:
         raise SystemExit(f"{key} failed (exit {r.returncode}); run the benchmark again to resume it")
     state[key] = time.monotonic() - t0

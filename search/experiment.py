@@ -163,6 +163,8 @@ def fit(cfg: Config, name: str, trainable_fn, *, callbacks: list, log: Callable[
     so that a restored budget counts every epoch once. Returns Tune's ResultGrid."""
     from ray import tune
 
+    # Tune warns whenever per-epoch checkpoints snapshot the experiment often; that is intended here
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     path = os.path.join(storage_path(cfg), name)
     if tune.Tuner.can_restore(path):
         log(f"resuming {what} '{name}' from {path}")

@@ -112,8 +112,6 @@ def search(cfg: Config, prep, *, trainable: Callable | None = None, summary: dic
     # MLflow's HTTP client retries a lost server for minutes per call; a search should not stall on it
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    # Tune warns whenever per-epoch checkpoints snapshot the experiment often; that is intended here
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     tracker = Tracker(tracking_uri(cfg), cfg.run.study)
     record = study_mod.read(cfg)
     callback = MlflowTrials(tracker.uri, cfg, dataset_summary=summary, warm_start=record.get("warm_start"))
