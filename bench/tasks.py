@@ -9,7 +9,9 @@ Two arms, each run with the project's own commands (as subprocesses, so each ste
   ``search.combine``. The 18-way arm's epochs are split between the three tasks (:data:`SPLIT`): each task
   study is stopped by ``search.budget_epochs`` at its share of the 18-way search's epochs, and its fold
   models train its share of ``finalize.epochs``, so both arms train about as many epochs in all. Age, the
-  hardest task, gets the largest share, mask, nearly solved after one epoch, the smallest.
+  hardest task, gets the largest share, mask, nearly solved after one epoch, the smallest. With
+  ``--split full`` each task study gets the 18-way arm's whole budget instead (studies ``mask-full``, ...):
+  three times the compute, as the write-up's team spent it.
 
 Every step's wall time is kept in ``<run.dir>/bench_tasks.json``; running the command again skips the
 finished steps (and the commands themselves resume an interrupted step). Prints the table and appends
@@ -76,12 +78,16 @@ def _epochs_searched(run_dir: Path, study: str) -> int:
     return int(pd.read_csv(run_dir / study / "trials.csv")["epochs"].sum())
 
 
-def _latest(folder: Path, prefix: str) -> dict:
-    """metrics.json of the newest finished ``<prefix>``, ``<prefix>-2``, ... in ``folder``."""
-    done = [p / "metrics.json" for p in folder.glob(f"{prefix}*") if (p / "metrics.json").is_file()]
+def _latest(folder: Path, prefix: str, studies: dict[str, str] | None = None) -> dict:
+    """metrics.json of the newest finished ``<prefix>``, ``<prefix>-2``, ... in ``folder`` (for a combination:
+    the newest of ``studies``)."""
+    done = [json.loads((p / "metrics.json").read_text()) | {"_mtime": (p / "metrics.json").stat().st_mtime}
+            for p in folder.glob(f"{prefix}*") if (p / "metrics.json").is_file()]
+    if studies:
+        done = [m for m in done if {t: s["study"] for t, s in m.get("sources", {}).items()} == studies]
     if not done:
         raise SystemExit(f"no finished {prefix} in {folder}")
-    return json.loads(max(done, key=lambda p: p.stat().st_mtime).read_text())
+    return max(done, key=lambda m: m["_mtime"])
 
 
 def run_arms(args, cfg: config.Config) -> dict:
@@ -95,21 +101,27 @@ def run_arms(args, cfg: config.Config) -> dict:
     _run(["search.finalize", *base, "run.study=all"], state, "all/finalize", state_file)
     searched = _epochs_searched(run_dir, "all")
     final_epochs = cfg.finalize.epochs or cfg.train.epochs
-    budgets, epochs = split(searched), split(final_epochs)
-    for task in SPLIT:
-        study = [f"run.study={task}", f"model.task={task}"]
-        _run(["search.tune", *base, *study, f"search.budget_epochs={budgets[task]}"], state, f"{task}/tune",
+    if args.split == "equal":
+        budgets, epochs, suffix = split(searched), split(final_epochs), ""
+    else:  # the write-up's way: each task model gets what the 18-way one had
+        budgets, epochs, suffix = dict.fromkeys(SPLIT, searched), dict.fromkeys(SPLIT, final_epochs), "-full"
+    names = {t: f"{t}{suffix}" for t in SPLIT}
+    for task, name in names.items():
+        study = [f"run.study={name}", f"model.task={task}"]
+        _run(["search.tune", *base, *study, f"search.budget_epochs={budgets[task]}"], state, f"{name}/tune",
              state_file)
-        _run(["search.finalize", *base, *study, f"finalize.epochs={epochs[task]}"], state, f"{task}/finalize",
+        _run(["search.finalize", *base, *study, f"finalize.epochs={epochs[task]}"], state, f"{name}/finalize",
              state_file)
-    _run(["search.combine", *base, *(f"{t}={t}" for t in SPLIT)], state, "tasks/combine", state_file)
+    _run(["search.combine", *base, *(f"{t}={n}" for t, n in names.items())], state, f"tasks{suffix}/combine",
+         state_file)
     arms = {"all": {"m": _latest(run_dir / "all", "final"), "searched": searched,
                     "final": final_epochs * cfg.folds.n, "wall": state["all/tune"] + state["all/finalize"],
                     "what": f"one 18-way study: {searched} search epochs, folds of {final_epochs} epochs"},
-            "tasks": {"m": _latest(run_dir, "combined"),
-                      "searched": sum(_epochs_searched(run_dir, t) for t in SPLIT),
+            "tasks": {"m": _latest(run_dir, "combined", names),
+                      "searched": sum(_epochs_searched(run_dir, n) for n in names.values()),
                       "final": sum(epochs.values()) * cfg.folds.n,
-                      "wall": sum(v for k, v in state.items() if not k.startswith("all/")),
+                      "wall": sum(state[f"{n}/{step}"] for n in names.values() for step in ("tune", "finalize")) +
+                              state[f"tasks{suffix}/combine"],
                       "what": "mask / gender / age studies: search budgets " +
                               " / ".join(str(budgets[t]) for t in SPLIT) + " epochs, folds of " +
                               " / ".join(str(epochs[t]) for t in SPLIT) + " epochs"}}
@@ -138,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python bench/tasks.py", description=__doc__.split("\n")[0])
     p.add_argument("--config", default=None, help="YAML config (default conf/search.yaml; --quick: conf/smoke.yaml)")
     p.add_argument("--quick", action="store_true", help="the smoke config, 2 folds of 2 epochs")
+    p.add_argument("--split", choices=("equal", "full"), default="equal",
+                   help="equal: the 18-way arm's epochs shared by the three tasks (default); full: each task model "
+                        "gets as many as the 18-way one (three times the budget, as the write-up spent it)")
     p.add_argument("--results", default=str(RESULTS), help="results file (default bench/RESULTS.md)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)

@@ -30,7 +30,8 @@ from maskclf.labels import AGE_NAMES, encode
 
 EXPERIMENT = "combined"  # the MLflow experiment of every combination, and its registered model's name
 # settings that must agree between the three studies for their rows to be the same images with the same truth
-_SAME = ("data.root", "data.corrections", "folds.n", "folds.seed", "faces.method", "faces.size", "faces.margin")
+# (each may crop faces its own way: the combined model crops for each part with that part's settings)
+_SAME = ("data.root", "data.corrections", "folds.n", "folds.seed")
 
 
 @dataclass
