@@ -81,13 +81,19 @@ def _epochs_searched(run_dir: Path, study: str) -> int:
 def _latest(folder: Path, prefix: str, studies: dict[str, str] | None = None) -> dict:
     """metrics.json of the newest finished ``<prefix>``, ``<prefix>-2``, ... in ``folder`` (for a combination:
     the newest of ``studies``)."""
-    done = [json.loads((p / "metrics.json").read_text()) | {"_mtime": (p / "metrics.json").stat().st_mtime}
-            for p in folder.glob(f"{prefix}*") if (p / "metrics.json").is_file()]
+    done = [json.loads((p / "metrics.json").read_text()) | {"_dir": p} for p in folder.glob(f"{prefix}*")
+            if (p / "metrics.json").is_file()]
     if studies:
         done = [m for m in done if {t: s["study"] for t, s in m.get("sources", {}).items()} == studies]
     if not done:
         raise SystemExit(f"no finished {prefix} in {folder}")
-    return max(done, key=lambda m: m["_mtime"])
+    m = max(done, key=lambda m: (m["_dir"] / "metrics.json").stat().st_mtime)
+    if "task_f1" not in m:  # each task's macro F1 from the 18-class out-of-fold probabilities
+        from maskclf.ensemble import task_f1
+
+        oof = pd.read_csv(m["_dir"] / "oof.csv")
+        m["task_f1"] = task_f1(oof["label"].to_numpy(), oof[[f"p{c}" for c in range(18)]].to_numpy())
+    return m
 
 
 def run_arms(args, cfg: config.Config) -> dict:
@@ -137,12 +143,13 @@ def _row(arm: dict) -> list[str]:
     bands = m.get("band_f1", {})
     return [arm["what"], _fmt(m.get("oof_f1")), _fmt(m.get("eval_f1")),
             " / ".join(_fmt(bands.get(b)) for b in ("<30", "30-59", ">=60")),
+            " / ".join(_fmt(m["task_f1"].get(t)) for t in ("mask", "gender", "age")),
             " / ".join(_fmt(m.get(f"{t}_acc")) for t in ("mask", "gender", "age")),
             f"{arm['searched']} + {arm['final']}", f"{arm['wall'] / 60:.1f} min"]
 
 
 HEADER = ["arm", "OOF macro F1", "eval macro F1", "OOF F1 by age band (<30 / 30-59 / >=60)",
-          "OOF mask / gender / age accuracy", "epochs (search + folds)", "wall time"]
+          "OOF task macro F1 (mask / gender / age)", "OOF mask / gender / age accuracy", "epochs (search + folds)", "wall time"]
 
 
 @cli

@@ -107,9 +107,18 @@ def _scores(cfg: Config, results: dict[int, dict], labels: np.ndarray, probs: np
     return {"task": task, "oof_f1": oof["val_f1"], "oof_acc": oof["val_acc"],
             **{k: v for k, v in oof.items() if k.endswith("_acc") and k != "val_acc"},
             **({"band_f1": dict(zip(AGE_BANDS, (oof[b] for b in metrics.BANDS)))} if metrics.BANDS[0] in oof else {}),
+            **({"task_f1": task_f1(labels, probs)} if task == "all" else {}),
             "folds": ks, "fold_f1": [results[k]["f1"] for k in ks],
             "per_class_f1": dict(zip(names, per_class)),
             "tta": cfg.finalize.tta, "epochs": cfg.train.epochs, "images": int(len(labels))}
+
+
+def task_f1(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """Each task's macro F1 of 18-class probabilities summed down to it: what separate mask, gender and age
+    models (``search.combine``) have to beat."""
+    from maskclf import metrics, tasks
+
+    return {t: metrics.macro_f1(tasks.targets(labels, t), tasks.marginal(probs, t).argmax(1)) for t in tasks.PARTS}
 
 
 def _save_analysis(cfg: Config, prep, table, labels: np.ndarray, probs: np.ndarray, rows: np.ndarray,

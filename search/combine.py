@@ -131,12 +131,12 @@ def scores(labels: np.ndarray, probs: np.ndarray) -> dict:
     """Out-of-fold figures of 18-class probabilities: macro F1, per class, per task, per age band."""
     from maskclf import metrics
 
-    pred = probs.argmax(1)
+    from maskclf.ensemble import task_f1
+
     s = metrics.scores(probs, labels)
-    per_class = metrics.per_class_f1(labels, pred).round(4).tolist()
-    task_f1 = {t: metrics.macro_f1(tasks.targets(labels, t), tasks.targets(pred, t)) for t in tasks.PARTS}
+    per_class = metrics.per_class_f1(labels, probs.argmax(1)).round(4).tolist()
     return {"oof_f1": s["val_f1"], "oof_acc": s["val_acc"], **{f"{t}_acc": s[f"{t}_acc"] for t in tasks.PARTS},
-            "task_f1": task_f1, "band_f1": dict(zip(AGE_NAMES, (s[b] for b in metrics.BANDS))),
+            "task_f1": task_f1(labels, probs), "band_f1": dict(zip(AGE_NAMES, (s[b] for b in metrics.BANDS))),
             "per_class_f1": dict(zip(tasks.class_names("all"), per_class)), "images": int(len(labels))}
 
 

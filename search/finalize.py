@@ -222,7 +222,11 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
     tracker.finish(parent)
     ev = (f", eval macro F1 {m['eval_f1']:.4f} (single folds {m['eval_f1_fold_mean']:.4f} on average)"
           if "eval_f1" in m else "")
-    log(f"out-of-fold macro F1 {m['oof_f1']:.4f}{ev}")
+    task = "" if cfg.model.task == "all" else f"{cfg.model.task} model: "
+    log(f"{task}out-of-fold macro F1 {m['oof_f1']:.4f}{ev}")
+    if cfg.model.task != "all":
+        log(f"{out / 'eval_probs.csv'} holds its eval probabilities: join it with the other tasks by "
+            f"`python -m search.combine mask=STUDY gender=STUDY age=STUDY`")
     log(f"outputs in {out}; model models:/{cfg.run.study}@{registry.ALIAS} (version {m['model_version']}); "
         f"browse: {tracker.ui_command()}")
     return m

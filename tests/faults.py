@@ -38,22 +38,27 @@ def _start(module: str, args: list[str]) -> subprocess.Popen:
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 300, before_kill=None) -> None:
-    """SIGKILL ``proc``'s whole session once ``ready()``; ``before_kill()`` runs first, with it still alive."""
+    """SIGKILL ``proc``'s whole session once ``ready()``; ``before_kill()`` runs first, with it still alive, and
+    ``ready()`` is awaited again after it (on a busy machine the command may have moved on meanwhile)."""
     deadline = time.time() + timeout
-    try:
+
+    def wait() -> None:
         while time.time() < deadline:
             if proc.poll() is not None:
                 pytest.fail("the command ended before it could be killed:\n" + proc.stdout.read()[-3000:])
             try:
                 if ready():
-                    break
+                    return
             except Exception:  # the store may be mid-write; look again
                 pass
             time.sleep(0.5)
-        else:
-            pytest.fail("the moment to kill never came")
+        pytest.fail("the moment to kill never came")
+
+    try:
+        wait()
         if before_kill is not None:
             before_kill()
+            wait()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:

@@ -142,3 +142,13 @@ def test_a_models_probabilities_as_a_task_are_its_own_or_summed_from_18_classes(
     assert np.allclose(tasks.as_task(p18, "all", "gender"), tasks.marginal(p18, "gender"))
     with pytest.raises(ValueError, match="a mask model's probabilities are not age probabilities"):
         tasks.as_task(p3, "mask", "age")
+
+
+def test_an_18_way_ensemble_reports_each_tasks_macro_f1_of_its_summed_probabilities():
+    y = np.array([labels.encode(0, 1, 2), labels.encode(2, 0, 0), labels.encode(1, 1, 1)])
+    probs = np.full((3, 18), 0.01)
+    probs[[0, 1, 2], [labels.encode(0, 1, 2), labels.encode(2, 0, 1), labels.encode(1, 0, 1)]] = 1.0
+    probs /= probs.sum(1, keepdims=True)
+    f1 = ensemble.task_f1(y, probs)
+    assert f1["mask"] == 1.0 and f1["age"] == pytest.approx(metrics.macro_f1([2, 0, 1], [2, 1, 1]))
+    assert f1["gender"] == pytest.approx(metrics.macro_f1([1, 0, 1], [1, 0, 0]))
