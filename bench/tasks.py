@@ -39,7 +39,7 @@ from bench._results import RESULTS, append_row, machine  # noqa: E402
 from maskclf import config  # noqa: E402
 from maskclf.errors import cli  # noqa: E402
 
-SECTION = "Tasks: one 18-way model against separate mask, gender and age models, same epoch budget"
+SECTION = "Tasks: one 18-way model against separate mask, gender and age models"
 SMOKE = Path(__file__).resolve().parent.parent / "conf" / "smoke.yaml"
 # each task's share of the 18-way arm's search and finalize epochs
 SPLIT = {"mask": 0.2, "gender": 0.35, "age": 0.45}
