@@ -218,6 +218,7 @@ def value_problems(cfg: Config) -> list[str]:
     _check_choice(p, "train.scheduler", cfg.train.scheduler, list(optim.SCHEDULERS))
     _check_choice(p, "search.sampler", cfg.search.sampler, ["tpe", "random"])
     _check_choice(p, "search.scheduler", cfg.search.scheduler, ["asha", "fifo"])
+    _check_choice(p, "search.stopped_trials", cfg.search.stopped_trials, ["complete", "pruned"])
     err = model.backbone_problem(cfg.model.backbone)
     if err:
         p.append(f"model.backbone: {err}")
@@ -257,6 +258,8 @@ def value_problems(cfg: Config) -> list[str]:
         p.append(f"finalize.epochs must be >= 0 (0 = train.epochs), got {cfg.finalize.epochs}")
     if cfg.search.reduction_factor < 2:
         p.append(f"search.reduction_factor must be >= 2, got {cfg.search.reduction_factor}")
+    if cfg.search.brackets < 1:
+        p.append(f"search.brackets must be >= 1, got {cfg.search.brackets}")
     return p
 
 

@@ -93,6 +93,10 @@ class SearchConfig:
     max_concurrent: int = 2  # trials running at once (TPE learns more from fewer in flight)
     grace_period: int = 1  # ASHA: epochs before a trial may be stopped
     reduction_factor: int = 2  # ASHA: keep 1/reduction_factor at each rung
+    brackets: int = 1  # ASHA brackets: > 1 is asynchronous Hyperband (brackets with later first rungs)
+    # how a trial stopped by ASHA reaches Optuna: complete (its last value, as Ray's OptunaSearch does) or
+    # pruned (Optuna's own state: TPE ranks it below every trial that trained longer)
+    stopped_trials: str = "complete"
     seed: int = 0  # seeds the sampler (TPE or random)
     n_startup_trials: int = 4  # random trials before TPE models the history
     sampler: str = "tpe"  # tpe | random (Optuna's seeded RandomSampler): the baseline a search must beat

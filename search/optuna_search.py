@@ -5,6 +5,7 @@ Tune pickles the searcher by reference to this class, so a restored study runs t
 from __future__ import annotations
 
 import pickle
+import warnings
 
 from ray.tune.search.optuna import OptunaSearch
 
@@ -17,7 +18,8 @@ def searcher(cfg: Config, part: str, sampler, space, metric: str, mode: str) -> 
     """The searcher of one part of the study ``cfg.run.study``, on the study's Optuna database."""
     url = optuna_study.storage_url(cfg)
     optuna_study.use_url(cfg.run.study, url)
-    return StudySearch(url, part, space=space, metric=metric, mode=mode, sampler=sampler, study_name=cfg.run.study)
+    return StudySearch(url, part, stopped=cfg.search.stopped_trials, max_epoch=cfg.train.epochs, space=space,
+                       metric=metric, mode=mode, sampler=sampler, study_name=cfg.run.study)
 
 
 class StudySearch(OptunaSearch):
@@ -25,10 +27,15 @@ class StudySearch(OptunaSearch):
     searcher reconnects to this run's storage. Trials that its killed driver asked for after Tune's
     last snapshot (Tune runs them again as new trials) end as FAIL with ``maskclf.lost``; a trial Optuna
     already holds as finished, or an epoch it already holds, is not told twice (a trial resumed from a
-    checkpoint older than Optuna's record). Per result, one write and no read: Tune's loop waits on it."""
+    checkpoint older than Optuna's record). Per result, one write and no read: Tune's loop waits on it.
 
-    def __init__(self, url: str, part: str, **kwargs):
+    ``stopped="pruned"`` tells Optuna that a trial which ended before ``max_epoch`` (stopped by ASHA or by
+    the study's epoch budget) was PRUNED, with its epochs as intermediate values, instead of COMPLETE with
+    its last value: TPE then ranks it below every trial that trained longer, not against their final values."""
+
+    def __init__(self, url: str, part: str, *, stopped: str = "complete", max_epoch: int = 0, **kwargs):
         self.url, self.part = url, part
+        self.stopped, self.max_epoch = stopped, max_epoch
         self._told: dict[str, int] = {}  # Tune trial id -> last epoch (training iteration) Optuna holds
         self._finished_before: set[str] = set()  # restored trials that Optuna holds as finished
         super().__init__(storage=storage(url), **kwargs)
@@ -84,4 +91,21 @@ class StudySearch(OptunaSearch):
             return
         if trial_id in self._ot_trials and result and self.metric in result:
             self.on_trial_result(trial_id, result)  # Tune passes a trial's last epoch here only
+        if self._cut_short(trial_id, result, error):
+            from optuna.trial import TrialState
+
+            try:
+                self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            except Exception as e:  # Optuna already holds it as finished: nothing to tell
+                warnings.warn(f"Optuna refused trial {trial_id} as pruned: {e}")
+            self._completed_trials.add(trial_id)
+            return
         super().on_trial_complete(trial_id, result, error)
+
+    def _cut_short(self, trial_id: str, result: dict | None, error: bool) -> bool:
+        """A trial to tell Optuna as pruned: it reported, did not fail, and ended before ``max_epoch``."""
+        if getattr(self, "stopped", "complete") != "pruned" or error or not result or self.metric not in result:
+            return False
+        if trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            return False
+        return int(result.get("epoch") or result.get("training_iteration") or 0) < getattr(self, "max_epoch", 0)

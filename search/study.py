@@ -43,7 +43,7 @@ def check_same_study(cfg: Config, log: Callable[[str], None] = print) -> None:
     changed = [f"{s}.{k}" for s in STUDY_SECTIONS for k in new[s] if old[s].get(k) != new[s][k]]
     ignored = set(_HOW_IT_RUNS)
     if old["search"].get("scheduler") == new["search"]["scheduler"] == "fifo":  # settings nothing reads
-        ignored |= {"search.grace_period", "search.reduction_factor"}
+        ignored |= {"search.grace_period", "search.reduction_factor", "search.brackets"}
     if old["search"].get("sampler") == new["search"]["sampler"] == "random":
         ignored.add("search.n_startup_trials")
     if "search.warm_start" in changed and cfg.search.warm_start:

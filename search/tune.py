@@ -33,13 +33,15 @@ def _search_args(cfg: Config, part: str) -> dict:
     from search.optuna_search import searcher as study_searcher
 
     s = cfg.search
+    # a warm-started study's taken-over trials stand in for the random start-up: TPE models them at once
+    startup = 0 if study_mod.read(cfg).get("warm_start") else s.n_startup_trials
     sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True,
-                                         n_startup_trials=s.n_startup_trials)
+                                         n_startup_trials=startup)
     if s.sampler == "random":
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     searcher = study_searcher(cfg, part, sampler, space_mod.DefineByRun(s.space), METRIC, MODE)
     scheduler = ASHAScheduler(time_attr="epoch", metric=METRIC, mode=MODE, max_t=cfg.train.epochs,
-                              grace_period=s.grace_period, reduction_factor=s.reduction_factor)
+                              grace_period=s.grace_period, reduction_factor=s.reduction_factor, brackets=s.brackets)
     if s.scheduler == "fifo":  # no early stopping: every trial trains train.epochs
         scheduler = FIFOScheduler()
     return {"tune_config": tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,

@@ -37,6 +37,16 @@ def test_every_bad_key_and_value_reported_at_once():
     assert "did you mean model.pretrained" in msg
 
 
+def test_search_settings_are_checked_together():
+    with pytest.raises(InputError) as e:
+        config.load(CONF / "smoke.yaml", ["search.stopped_trials=killed", "search.brackets=0"])
+    msg = e.value.message()
+    assert "search.stopped_trials" in msg and "complete" in msg and "pruned" in msg
+    assert "search.brackets must be >= 1, got 0" in msg
+    cfg = config.load(CONF / "smoke.yaml", ["search.stopped_trials=pruned", "search.brackets=3"])
+    assert (cfg.search.stopped_trials, cfg.search.brackets) == ("pruned", 3)
+
+
 def test_bad_names_suggest_closest():
     with pytest.raises(InputError) as e:
         config.load(CONF / "smoke.yaml", ["model.backbone=resnet1800", "train.optimizer=adamx", "train.loss=focall"])

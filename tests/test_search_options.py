@@ -99,7 +99,7 @@ def test_a_study_ignores_settings_its_sampler_and_scheduler_never_read(smoke_cfg
     config.save(base, experiment.study_dir(base) / "study.yaml")
     # ASHA's rungs and TPE's startup count do not change a fifo study with the random sampler
     study_mod.check_same_study(config.apply(base, {"search.grace_period": 3, "search.reduction_factor": 4,
-                                                   "search.n_startup_trials": 7}))
+                                                   "search.brackets": 2, "search.n_startup_trials": 7}))
     for key, value in [("search.scheduler", "asha"), ("search.sampler", "tpe"), ("train.lr", 0.05)]:
         with pytest.raises(InputError, match=key.replace(".", r"\.")):
             study_mod.check_same_study(config.apply(base, {key: value}))

@@ -129,3 +129,15 @@ def test_one_driver_per_study_and_a_killed_drivers_lock_is_taken_over(tmp_path):
     assert time.time() - t0 < 5
     with study_mod.driver_lock(cfg, "python -m search.tune", said.append):  # a clean end leaves nothing to take over
         assert len(said) == 1
+
+
+def test_a_warm_started_study_has_tpe_model_the_trials_it_took_over_instead_of_a_random_start_up(tmp_path):
+    from search import tune as tune_mod
+
+    cfg = _cfg(tmp_path, **{"search.n_startup_trials": 64, "run.study": "cold"})
+    warm = config.apply(cfg, {"run.study": "warm"})
+    study_mod.write(warm, {**study_mod.read(warm), "warm_start": [{"study": "cold", "trial": 0, "value": 0.5,
+                                                                   "params": {}}]})
+    startup = {name: tune_mod._search_args(c, name)["tune_config"].search_alg._sampler._n_startup_trials
+               for name, c in (("cold", cfg), ("warm", warm))}
+    assert startup == {"cold": 64, "warm": 0}
