@@ -1,11 +1,15 @@
-"""Search efficiency at an equal compute budget: TPE + ASHA (ours) against searches without early stopping.
+"""Live search efficiency: real searches at an equal compute budget, the config's search with ASHA (ours)
+against searches without early stopping.
 
-    python bench/search_efficiency.py [--quick] [--seeds 3] [--budget 32] [--results PATH] [--plot PATH]
-                           [--config conf/search.yaml] [key=value ...]
+    python bench/search_live.py [--quick] [--seeds 3] [--budget 32] [--methods ours random tpe-full]
+                                [--results PATH] [--plot PATH] [--config conf/search.yaml] [key=value ...]
 
-Three methods, each run once per seed through ``search.tune.run`` (the product's own path):
+bench/search_efficiency.py measures the searchers with many seeds on recorded learning curves; this script
+trains for real, so it confirms a few of those figures on the live demo (say, ours with its old and its new
+settings: ``--methods ours`` once with each, at the same seeds and budget). Three methods, each run once per
+seed through ``search.tune.run`` (the product's own path):
 
-- ours: TPE + ASHA (the product default), many trials, stopped by ``search.budget_epochs``;
+- ours: the config's sampler (TPE by default) with ASHA, many trials, stopped by ``search.budget_epochs``;
 - random: Optuna's seeded random sampler, every trial trained for ``train.epochs`` (fifo);
 - tpe-full: TPE without early stopping (fifo), to separate the sampler from the early stopping.
 
@@ -17,19 +21,14 @@ The seeds pair the methods: TPE's first ``search.n_startup_trials`` trials are d
 seeded random sampler as random search's, so for one seed all three start from the same configs
 and differ in what they do next (TPE's model, ASHA's stopping).
 
-Default budget: 32 epochs, i.e. 4 full 8-epoch trials of the demo search per seed for random and
-tpe-full, and a third of it (about 11 epochs) is 5 trials stopped at ASHA's first rung (2 epochs).
-A demo epoch takes 10-14 s per trial on a quiet machine with 2 trials at once on 2 cores, so the 9
-studies (288 epochs) take about 30 minutes there. On a 2-core machine shared with other jobs (load
-15-30) an epoch took 25-100 s and the benchmark ran about 2 epochs a minute: over 2 hours. 48 epochs
-(6 full trials, about 45 quiet minutes) was the first choice; at that rate it would take 3.5 hours,
-and a budget under 32 leaves random search too few trials to say anything. With 4 full trials and TPE's
-4 random startup trials (``search.n_startup_trials``), tpe-full draws the same configs as random
-search at this budget: the comparison that matters is ours against random.
+Default budget: 32 epochs, 6 full 5-epoch trials of the fine-tuning demo for random and tpe-full. A
+demo epoch costs about 35 s per trial with 2 trials at once on 2 cores, so a 32-epoch study takes about
+10 minutes on a quiet 2-core machine and the 9 studies of the default run an hour and a half: the
+many-seed comparison belongs to bench/search_efficiency.py, this one to a few confirming studies.
 
 Prints the table, appends a row per method to bench/RESULTS.md with a paragraph on the goal
 (ours reaches random search's final best, mean over seeds, within a third of the budget), and
-draws the curves (mean over seeds, min-max band) to bench/search_curve.png. Every study keeps its
+draws the curves (mean over seeds, min-max band) to bench/search_live.png. Every study keeps its
 name (``<method>-b<budget>-s<seed>``), so running the same command again resumes an interrupted
 benchmark and reuses the studies already finished.
 """
@@ -58,23 +57,29 @@ SMOKE = config.CONF_DIR / "smoke.yaml"
 SECTION = "Search: best val F1 against epochs spent, TPE + ASHA vs searches without early stopping"
 GOAL = 1 / 3  # ours must reach random's final best within this fraction of the budget
 METHODS = {  # name -> (label, overrides)
-    "ours": ("ours: TPE + ASHA", {"search.sampler": "tpe", "search.scheduler": "asha"}),
+    "ours": ("ours: ASHA", {"search.scheduler": "asha"}),
     "random": ("random search, full epochs", {"search.sampler": "random", "search.scheduler": "fifo"}),
     "tpe-full": ("TPE, full epochs", {"search.sampler": "tpe", "search.scheduler": "fifo"}),
 }
 
 
 def label(method: str, cfg: Config) -> str:
-    """The method's name in tables; ours names its ASHA rungs, the setting that changes its figures."""
+    """The method's name in tables; ours names its search settings, the ones that change its figures."""
     s = cfg.search
-    return METHODS[method][0] + (f" (grace {s.grace_period}, rf {s.reduction_factor})" if method == "ours" else "")
+    if method != "ours":
+        return METHODS[method][0]
+    return (f"{METHODS[method][0]} ({s.sampler}, grace {s.grace_period}, rf {s.reduction_factor}, "
+            f"startup {s.n_startup_trials}, {s.stopped_trials}"
+            + (f", {s.brackets} brackets" if s.brackets > 1 else "") + ")")
 
 
 def study_name(method: str, cfg: Config, budget: int, seed: int) -> str:
-    """``<method>-b<budget>-s<seed>``; ours also names its ASHA settings (``ours-g1r3-...``), so a run
-    with other rungs is a study of its own and never resumes one with different settings."""
+    """``<method>-b<budget>-s<seed>``; ours also names its search settings (``ours-tpe-g1r3n4c1-...``: sampler,
+    grace, reduction factor, start-up trials, stopped trials told as c(omplete) or p(runed), brackets), so a run
+    with other settings is a study of its own and never resumes one with different settings."""
     s = cfg.search
-    tag = f"-g{s.grace_period}r{s.reduction_factor}" if method == "ours" else ""
+    tag = (f"-{s.sampler}-g{s.grace_period}r{s.reduction_factor}n{s.n_startup_trials}{s.stopped_trials[0]}"
+           f"{s.brackets}" if method == "ours" else "")
     return f"{method}{tag}-b{budget}-s{seed}"
 
 
@@ -117,8 +122,9 @@ def _reached(curve: np.ndarray, target: float) -> int | None:
 
 def summarize(curves: dict[str, np.ndarray], trials: dict[str, list[int]],
               labels: dict[str, str] | None = None) -> dict[str, dict]:
-    """Per method: final best (mean, std over seeds) and epochs to reach random's final best (None: never)."""
-    target = curves["random"][:, -1].mean()
+    """Per method: final best (mean, std over seeds) and epochs to reach random's final best (None: never,
+    or random search not run)."""
+    target = curves["random"][:, -1].mean() if "random" in curves else np.inf
     out = {}
     for m, c in curves.items():
         final = c[:, -1]
@@ -134,11 +140,14 @@ def plot(curves: dict[str, np.ndarray], budget: int, path: Path) -> Path:
     fig = Figure(figsize=(7.5, 4.5))
     ax = fig.add_subplot()
     x = np.arange(1, budget + 1)
-    for (m, c), color in zip(curves.items(), ["tab:red", "tab:blue", "tab:green"]):
+    colors = {"ours": "tab:red", "random": "tab:blue", "tpe-full": "tab:green"}
+    for m, c in curves.items():
+        color = colors[m]
         ax.step(x, c.mean(axis=0), where="post", color=color, label=f"{METHODS[m][0]} (n={len(c)})",
                 lw=2 if m == "ours" else 1.2, zorder=3 if m == "ours" else 2)
         ax.fill_between(x, c.min(axis=0), c.max(axis=0), step="post", color=color, alpha=0.15, lw=0)
-    ax.axhline(curves["random"][:, -1].mean(), color="tab:blue", ls="--", lw=0.8, label="random's final best")
+    if "random" in curves:
+        ax.axhline(curves["random"][:, -1].mean(), color="tab:blue", ls="--", lw=0.8, label="random's final best")
     ax.axvline(budget * GOAL, color="grey", ls=":", lw=1, label="a third of the budget")
     ax.set(xlabel="epochs spent (all trials, in report order)", ylabel="best val macro F1 so far",
            title=f"search efficiency at an equal budget ({budget} epochs)", xlim=(1, budget))
@@ -164,8 +173,9 @@ def verdict(summary: dict[str, dict], budget: int, seeds: int, png: str) -> str:
     met = need is not None and need <= budget * GOAL
     reach = (f"ours reached it after {need} of {budget} epochs ({need / budget:.2f} of the budget)"
              if need is not None else f"ours did not reach it within the {budget} epochs")
-    return (f"Goal: ours (TPE + ASHA) reaches random search's final best (mean over seeds) with at most a third "
-            f"of the budget. Latest run ({datetime.date.today()}, {budget} epochs, {seeds} seed(s)): "
+    return (f"Goal: ours (the config's search with ASHA) reaches random search's final best (mean over seeds) "
+            f"with at most a third of the budget. Latest run ({datetime.date.today()}, {budget} epochs, "
+            f"{seeds} seed(s)): "
             f"**{'met' if met else 'not met'}**. Random search's final best is {rnd['final_mean']:.3f}; "
             f"{reach}, on the mean curve (per seed: {per_seed}); random search itself got there after "
             f"{_fmt_need(rnd['epochs_to_target'], budget)[0]} epochs. In the same budget ours trained "
@@ -193,7 +203,8 @@ def record(summary: dict[str, dict], budget: int, seeds: int, cmd: str, results:
         append_row(SECTION, header, [str(datetime.date.today()), machine(), r["label"], str(budget), str(seeds),
                                      f"{r['trials']:.1f}", f"{r['final_mean']:.3f} ± {r['final_std']:.3f}", need,
                                      frac, f"`{cmd}`"], results)
-    write_paragraph(results, verdict(summary, budget, seeds, png))
+    if "random" in summary:
+        write_paragraph(results, verdict(summary, budget, seeds, png))
 
 
 def _base_config(args: argparse.Namespace) -> Config:
@@ -211,12 +222,14 @@ def _start_ray(cfg: Config) -> None:
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
 
 
-def run_all(cfg: Config, budget: int, seeds: int) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
+def run_all(cfg: Config, budget: int, seeds: int, methods: list[str] | None = None
+            ) -> tuple[dict[str, np.ndarray], dict[str, list[int]]]:
     """Run (or resume) every study; each method's best-so-far curves (seeds x budget) and trial counts."""
-    curves: dict[str, list[np.ndarray]] = {m: [] for m in METHODS}
-    trials: dict[str, list[int]] = {m: [] for m in METHODS}
+    methods = methods or list(METHODS)
+    curves: dict[str, list[np.ndarray]] = {m: [] for m in methods}
+    trials: dict[str, list[int]] = {m: [] for m in methods}
     for seed in range(seeds):
-        for method in METHODS:
+        for method in methods:
             study = config.apply(cfg, study_overrides(method, cfg, budget, seed), where="benchmark")
             print(f"== {study.run.study}: {METHODS[method][0]}, seed {seed}", flush=True)
             tune.run(study, log=lambda s: print(s, flush=True))
@@ -248,8 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke config, 1 seed, a budget of 2 full trials")
     p.add_argument("--seeds", type=int, default=None, help="seeds per method (default 3; --quick: 1)")
     p.add_argument("--budget", type=int, default=None, help="epochs per study (default 32; --quick: 2 trials)")
+    p.add_argument("--methods", nargs="+", choices=list(METHODS), default=list(METHODS),
+                   help="default: all three (the goal's verdict needs random)")
     p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")), help="where the rows go")
-    p.add_argument("--plot", default=None, help="the curve PNG (default: search_curve.png next to --results)")
+    p.add_argument("--plot", default=None, help="the curve PNG (default: search_live.png next to --results)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     cfg = _base_config(args)
@@ -260,16 +275,17 @@ def main(argv: list[str] | None = None) -> int:
                          f"got {budget} and {seeds}")
     _start_ray(cfg)
     try:
-        curves, trials = run_all(cfg, budget, seeds)
+        curves, trials = run_all(cfg, budget, seeds, args.methods)
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    summary = summarize(curves, trials, {m: label(m, cfg) for m in METHODS})
+    summary = summarize(curves, trials, {m: label(m, cfg) for m in args.methods})
     print(_report(summary, budget))
-    png = plot(curves, budget, Path(args.plot) if args.plot else Path(args.results).with_name("search_curve.png"))
-    cmd = "python bench/search_efficiency.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    png = plot(curves, budget, Path(args.plot) if args.plot else Path(args.results).with_name("search_live.png"))
+    cmd = "python bench/search_live.py " + " ".join(argv if argv is not None else sys.argv[1:])
     record(summary, budget, seeds, cmd.strip(), Path(args.results), png.name)
-    print(verdict(summary, budget, seeds, png.name))
+    if "random" in summary:
+        print(verdict(summary, budget, seeds, png.name))
     print(f"curves: {png}")
     return 0
 

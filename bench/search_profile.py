@@ -41,7 +41,7 @@ from maskclf import config  # noqa: E402
 from maskclf.config import Config  # noqa: E402
 from maskclf.errors import InputError, cli  # noqa: E402
 from search import cluster, tune  # noqa: E402
-from search_efficiency import _base_config, _start_ray  # noqa: E402
+from search_live import _base_config, _start_ray  # noqa: E402
 
 SECTION = "Search profile: what early stopping can gain on the demo's learning curves"
 SETTINGS = [(1, 2), (1, 3), (1, 4), (2, 2), (2, 3)]  # (grace period, reduction factor) replayed
