@@ -288,6 +288,12 @@ def summarize(curves: dict, methods: list[str], seeds: int, budgets: list[int], 
     return records
 
 
+def _shown(path: str) -> str:
+    """``path`` relative to the project when it lies inside it."""
+    p = Path(path).resolve()
+    return str(p.relative_to(HERE.parent)) if p.is_relative_to(HERE.parent) else str(p)
+
+
 def _num(v: float) -> float | None:
     """JSON has no infinity: a fraction never reached is null."""
     return round(float(v), 4) if np.isfinite(v) else None
@@ -442,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     print(report(records, labels, bound))
     goal = HERE / "search_efficiency.json"
     Path(args.json).write_text(json.dumps({
-        "date": str(datetime.date.today()), "machine": machine(), "table": args.table, "table_id": table_id(args.table),
+        "date": str(datetime.date.today()), "machine": machine(), "table": _shown(args.table), "table_id": table_id(args.table),
         "configurations": len(table.ids), "epochs": cfg.train.epochs, "oracle_fraction": bound,
         "labels": labels, "records": records}, indent=1) + "\n")
     png = plot(curves, records, labels, GOAL_BUDGET if GOAL_BUDGET in budgets else max(budgets), cfg.train.epochs,

@@ -131,7 +131,8 @@ def summarize(curves: dict[str, np.ndarray], trials: dict[str, list[int]],
         out[m] = {"label": (labels or {}).get(m, METHODS[m][0]), "final_mean": float(final.mean()),
                   "final_std": float(final.std(ddof=1)) if len(c) > 1 else 0.0,
                   "epochs_to_target": _reached(c.mean(axis=0), target),
-                  "per_seed": [_reached(s, target) for s in c], "trials": float(np.mean(trials[m]))}
+                  "per_seed": [_reached(s, target) for s in c], "trials": float(np.mean(trials[m])),
+                  "target": "random" in curves}
     return out
 
 
@@ -159,7 +160,9 @@ def plot(curves: dict[str, np.ndarray], budget: int, path: Path) -> Path:
     return path
 
 
-def _fmt_need(need: int | None, budget: int) -> tuple[str, str]:
+def _fmt_need(need: int | None, budget: int, target: bool = True) -> tuple[str, str]:
+    if not target:  # random search was not run: no target to reach
+        return "-", "-"
     if need is None:
         return f"not reached in {budget}", "> 1"
     return str(need), f"{need / budget:.2f}"
@@ -199,7 +202,7 @@ def record(summary: dict[str, dict], budget: int, seeds: int, cmd: str, results:
     header = ["date", "machine", "method", "budget (epochs)", "seeds", "trials (mean)", "final best val F1",
               "epochs to random's final best", "fraction of budget", "command"]
     for r in summary.values():
-        need, frac = _fmt_need(r["epochs_to_target"], budget)
+        need, frac = _fmt_need(r["epochs_to_target"], budget, r["target"])
         append_row(SECTION, header, [str(datetime.date.today()), machine(), r["label"], str(budget), str(seeds),
                                      f"{r['trials']:.1f}", f"{r['final_mean']:.3f} ± {r['final_std']:.3f}", need,
                                      frac, f"`{cmd}`"], results)
@@ -248,7 +251,7 @@ def run_all(cfg: Config, budget: int, seeds: int, methods: list[str] | None = No
 def _report(summary: dict[str, dict], budget: int) -> str:
     lines = [f"{'method':28} {'trials':>6} {'final best val F1':>18} {'epochs to random final':>23} {'fraction':>8}"]
     for r in summary.values():
-        need, frac = _fmt_need(r["epochs_to_target"], budget)
+        need, frac = _fmt_need(r["epochs_to_target"], budget, r["target"])
         lines.append(f"{r['label']:28} {r['trials']:6.1f} {r['final_mean']:11.3f} ± {r['final_std']:.3f} "
                      f"{need:>23} {frac:>8}")
     return "\n".join(lines)
