@@ -248,16 +248,20 @@ class MlflowTrials(tune.Callback):
                 self.trial_id, self.config = trial_id, config
 
         def fill():
-            known = {self._key(_Trial((r.metrics or {}).get("trial_id"), r.config or {})) for r in results
-                     if (r.metrics or {}).get("trial_id")}
+            # a trial the study's epoch budget stopped before its first epoch has no config in Tune's result
+            started = [r for r in results if (r.metrics or {}).get("trial_id")]
+            known = {self._key(_Trial(r.metrics["trial_id"], r.config)) for r in started if r.config is not None}
+            if not self.folds:
+                known |= {r.metrics["trial_id"] for r in started}
             for run in self.tracker.find(self.kind, parent=self._parent()):
                 if run.info.status == "RUNNING" and run.data.tags.get(KEY_TAG) not in known:
                     # started after the driver's last snapshot before a kill: Tune ran it again as a new trial
                     self.tracker.set_tags(run.info.run_id, {"outcome": "lost with the killed driver; rerun as a new trial"})
                     self.tracker.finish(run.info.run_id, "KILLED")
-            for r in results:
-                trial_id = (r.metrics or {}).get("trial_id")
-                if not trial_id:
+            for r in started:
+                trial_id = r.metrics["trial_id"]
+                if r.config is None:
+                    self._end_unreported(trial_id)
                     continue
                 run = self._trial_run(_Trial(trial_id, r.config))
                 hist = r.metrics_dataframe
@@ -267,9 +271,23 @@ class MlflowTrials(tune.Callback):
                 if self.tracker.status(run) != status:
                     if r.error:
                         self.tracker.set_tags(run, {"error": str(r.error).strip().splitlines()[-1][:500]})
+                    else:  # ended unseen: killed driver, or stopped with the others by the study's epoch budget
+                        epochs = int(r.metrics.get("epoch") or 0)
+                        self.tracker.set_tags(run, {"epochs": epochs, "outcome": outcome(self.cfg, epochs)})
                     self.tracker.finish(run, status)
         self.flush()
         self._safe("filling in trial runs", fill, retry=True)
+
+    def _end_unreported(self, trial_id: str) -> None:
+        """Finish the run of a trial that Tune stopped before its first epoch (the study's epoch budget
+        ended while it started), without telling the callbacks."""
+        if self.folds:
+            return
+        for run in self.tracker.find(self.kind, key=trial_id, parent=self._parent()):
+            if run.info.status == "RUNNING":
+                self.tracker.set_tags(run.info.run_id, {"epochs": 0, "outcome": "stopped by the study's epoch "
+                                                        "budget before its first epoch"})
+                self.tracker.finish(run.info.run_id, "FINISHED")
 
     def fail_search(self, reason: str) -> None:
         """End the search run as FAILED with ``reason`` (no trial reported a result)."""

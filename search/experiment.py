@@ -156,11 +156,12 @@ def use_run_config(tuner, callbacks: list, stop=None) -> None:
 
 def fit(cfg: Config, name: str, trainable_fn, *, callbacks: list, log: Callable[[str], None],
         tune_config=None, param_space: dict | None = None, stop: Callable[[dict[str, int]], Any] | None = None,
-        what: str = "study"):
+        stopped: Callable[[], Any] | None = None, what: str = "study"):
     """Run the Tune experiment ``name`` under ``cluster.storage_path(cfg)`` to its end; restore it when it exists.
 
     ``stop`` builds the stopper from the epochs each trial has trained already ({} for a new experiment),
-    so that a restored budget counts every epoch once. Returns Tune's ResultGrid."""
+    so that a restored budget counts every epoch once; ``stopped`` runs after an experiment that the stopper
+    ended (Tune stops the trials still training then without telling the searcher). Returns Tune's ResultGrid."""
     from ray import tune
 
     # Tune warns whenever per-epoch checkpoints snapshot the experiment often; that is intended here
@@ -169,18 +170,26 @@ def fit(cfg: Config, name: str, trainable_fn, *, callbacks: list, log: Callable[
     if tune.Tuner.can_restore(path):
         log(f"resuming {what} '{name}' from {path}")
         tuner = tune.Tuner.restore(path, trainable=trainable_fn, resume_unfinished=True, resume_errored=True)
-        use_run_config(tuner, callbacks, stop(trained_epochs(tuner)) if stop else None)
-        return tuner.fit()
+        stopper = stop(trained_epochs(tuner)) if stop else None
+        use_run_config(tuner, callbacks, stopper)
+        return _after(tuner.fit(), stopper, stopped)
     s = cfg.search
-    return tune.Tuner(
+    stopper = stop({}) if stop else None
+    return _after(tune.Tuner(
         trainable_fn,
         param_space=param_space,
         tune_config=tune_config,
         run_config=tune.RunConfig(
             # verbose=0: Tune's per-trial status boxes flood the terminal; the callbacks print a line per trial
             name=name, storage_path=storage_path(cfg), callbacks=callbacks, verbose=0,
-            stop=stop({}) if stop else None,
+            stop=stopper,
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
-    ).fit()
+    ).fit(), stopper, stopped)
+
+
+def _after(results, stopper, stopped: Callable[[], Any] | None):
+    if stopped is not None and stopper is not None and stopper.stop_all():
+        stopped()
+    return results

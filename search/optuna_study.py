@@ -91,6 +91,29 @@ def close_lost(store, study, part: str, known: set[int]) -> list[int]:
     return [t.number for t in lost]
 
 
+def end_stopped(cfg: Config, part: str) -> list[int]:
+    """End the trials of ``part`` still RUNNING once the study's epoch budget has ended its experiment.
+
+    Tune stops the trials still training when its stopper ends the experiment without telling the
+    searcher, so Optuna would hold them as running for ever. Each ends as the searcher ends a stopped
+    trial: with ``search.stopped_trials`` = pruned, PRUNED when it trained fewer than ``train.epochs``;
+    otherwise COMPLETE with its last epoch's value; PRUNED when it reported nothing. Returns their numbers."""
+    from optuna.trial import TrialState
+
+    study = open_study(storage_url(cfg), cfg.run.study, create=False)
+    ended = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get(PART_ATTR) != part:
+            continue
+        steps = t.intermediate_values
+        if not steps or (cfg.search.stopped_trials == "pruned" and max(steps) < cfg.train.epochs):
+            study.tell(t.number, state=TrialState.PRUNED)
+        else:
+            study.tell(t.number, steps[max(steps)], state=TrialState.COMPLETE)
+        ended.append(t.number)
+    return ended
+
+
 # ---- warm start ----------------------------------------------------------------------------------
 
 def _source(cfg: Config, name: str) -> tuple[Path, str, str]:

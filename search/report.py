@@ -44,7 +44,7 @@ def trials_table(results, cfg: Config) -> pd.DataFrame:
     keys = list(cfg.search.space)
     rows = []
     for r in results:
-        if r.config is None and not r.metrics:  # never started: a study stopped by its epoch budget
+        if r.config is None and not r.error:  # never trained: the study's epoch budget ended first
             continue
         m = r.metrics or {}
         hist = r.metrics_dataframe

@@ -47,7 +47,8 @@ def _search_args(cfg: Config, part: str) -> dict:
     return {"tune_config": tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=s.num_samples,
                                            max_concurrent_trials=s.max_concurrent, reuse_actors=s.reuse_actors),
             # the pickled stopper of a restored study has forgotten the epochs trained so far
-            "stop": (lambda trained: epoch_budget(s.budget_epochs, trained)) if s.budget_epochs else None}
+            "stop": (lambda trained: epoch_budget(s.budget_epochs, trained)) if s.budget_epochs else None,
+            "stopped": lambda: optuna_study.end_stopped(cfg, part)}
 
 
 def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], None] = print):

@@ -90,7 +90,9 @@ def test_stopped_trials_reach_optuna_as_pruned_with_their_epochs_or_as_complete(
     for trial, epoch, f1, _, _ in rows:
         curves.setdefault(trial, []).append(f1)
         assert epoch == len(curves[trial])
-    told = [t for t in trials if t.state.is_finished()]
+    # nothing is left running, the trials still training when the budget ended the study included
+    assert all(t.state.is_finished() for t in trials)
+    told = [t for t in trials if t.intermediate_values]
     assert Counter(tuple(round(v, 5) for v in t.intermediate_values.values()) for t in told) == \
         Counter(tuple(round(v, 5) for v in c) for c in curves.values())
     pruned = [t for t in told if t.state == optuna.trial.TrialState.PRUNED]
@@ -100,7 +102,8 @@ def test_stopped_trials_reach_optuna_as_pruned_with_their_epochs_or_as_complete(
                for t in complete)
 
     _, rows_c, trials_c = _study("complete", tmp_path / "complete")
-    told_c = [t for t in trials_c if t.state.is_finished()]
+    assert all(t.state.is_finished() for t in trials_c)
+    told_c = [t for t in trials_c if t.intermediate_values]
     assert told_c and all(t.state == optuna.trial.TrialState.COMPLETE for t in told_c)
     short = [t for t in told_c if len(t.intermediate_values) < cfg.train.epochs]
     assert short and all(t.value == list(t.intermediate_values.values())[-1] for t in short)

@@ -64,7 +64,10 @@ def test_fifo_with_random_sampler_trains_every_trial_to_the_end(ray_local, smoke
 
 
 @pytest.mark.integration
-def test_budget_stops_the_study_and_a_rerun_trains_no_more(ray_local, smoke_cfg):
+def test_budget_stops_the_study_and_a_rerun_trains_no_more(ray_local, smoke_cfg, recwarn):
+    from search.optuna_study import open_study, storage_url
+    from search.tracking import Tracker, tracking_uri
+
     budget, concurrent = 7, smoke_cfg.search.max_concurrent
     cfg = config.apply(smoke_cfg, {"run.study": "budget", "search.num_samples": 20, "train.epochs": 3,
                                    "search.grace_period": 1, "search.budget_epochs": budget})
@@ -72,7 +75,13 @@ def test_budget_stops_the_study_and_a_rerun_trains_no_more(ray_local, smoke_cfg)
     spent = _total_epochs(table)
     # the trials still running when the budget is reached may each add the epoch they were training
     assert budget <= spent <= budget + concurrent - 1
-    assert (table["epochs"] > 0).sum() < 20
+    assert (table["epochs"] > 0).sum() < 20 and table["train.lr"].notna().all()
+    # the trials the budget stopped mid-epoch end in Optuna and MLflow too: nothing is left running
+    states = [t.state.name for t in open_study(storage_url(cfg), cfg.run.study, create=False).trials]
+    assert states and "RUNNING" not in states
+    tracker = Tracker(tracking_uri(cfg), cfg.run.study)
+    assert {r.info.status for r in tracker.client.search_runs([tracker.experiment_id])} == {"FINISHED"}
+    assert not [w for w in recwarn if "MLflow at" in str(w.message)]
     again = tune_mod.run(cfg)  # the study is restored with the epochs it already trained
     assert _total_epochs(again) == spent
 

@@ -141,3 +141,31 @@ def test_a_warm_started_study_has_tpe_model_the_trials_it_took_over_instead_of_a
     startup = {name: tune_mod._search_args(c, name)["tune_config"].search_alg._sampler._n_startup_trials
                for name, c in (("cold", cfg), ("warm", warm))}
     assert startup == {"cold": 64, "warm": 0}
+
+
+def test_trials_a_budget_stopped_mid_epoch_end_as_the_searcher_ends_stopped_trials(tmp_path):
+    from optuna.trial import TrialState
+
+    def running(cfg) -> optuna.Study:
+        study = optuna_study.open_study(optuna_study.storage_url(cfg), cfg.run.study)
+        for part, values in [("p1", [0.2, 0.3]), ("p1", [0.1, 0.2, 0.25, 0.3]), ("p1", []), ("p2", [0.4])]:
+            t = study.ask()
+            t.set_user_attr(optuna_study.PART_ATTR, part)
+            for step, v in enumerate(values, 1):
+                t.report(v, step)
+        done = study.ask()
+        done.set_user_attr(optuna_study.PART_ATTR, "p1")
+        study.tell(done, 0.5)
+        return study
+
+    for stopped in ("pruned", "complete"):
+        cfg = _cfg(tmp_path, **{"run.study": stopped, "search.stopped_trials": stopped, "train.epochs": 4})
+        study = running(cfg)
+        assert optuna_study.end_stopped(cfg, "p1") == [0, 1, 2]
+        got = [(t.state, t.value) for t in study.trials]
+        # Optuna keeps a pruned trial's last intermediate value as its value
+        first = (TrialState.PRUNED if stopped == "pruned" else TrialState.COMPLETE, 0.3)
+        # a trial that trained every epoch completes either way; one that reported nothing is pruned
+        assert got == [first, (TrialState.COMPLETE, 0.3), (TrialState.PRUNED, None), (TrialState.RUNNING, None),
+                       (TrialState.COMPLETE, 0.5)]
+        assert optuna_study.end_stopped(cfg, "p1") == []  # nothing twice
