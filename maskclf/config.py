@@ -260,6 +260,18 @@ def value_problems(cfg: Config) -> list[str]:
         p.append(f"search.reduction_factor must be >= 2, got {cfg.search.reduction_factor}")
     if cfg.search.brackets < 1:
         p.append(f"search.brackets must be >= 1, got {cfg.search.brackets}")
+    if not 0 < cfg.pseudo.min_precision <= 1:
+        p.append(f"pseudo.min_precision must be in (0, 1], got {cfg.pseudo.min_precision}")
+    if not 0 <= cfg.distill.fold < max(cfg.folds.n, 1):
+        p.append(f"distill.fold must be in 0..{cfg.folds.n - 1}, got {cfg.distill.fold}")
+    if cfg.distill.temperature <= 0:
+        p.append(f"distill.temperature must be > 0, got {cfg.distill.temperature}")
+    if not 0 <= cfg.distill.alpha <= 1:
+        p.append(f"distill.alpha must be in [0, 1], got {cfg.distill.alpha}")
+    if not cfg.distill.alias or not cfg.distill.alias.replace("_", "").replace("-", "").isalnum() \
+            or cfg.distill.alias == "champion":
+        p.append(f"distill.alias must be a name of letters, digits, - or _ other than 'champion', "
+                 f"got '{cfg.distill.alias}'")
     return p
 
 

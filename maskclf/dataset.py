@@ -21,13 +21,19 @@ from maskclf.errors import InputError
 
 @dataclass
 class Prepared:
-    """Validated tables and their face crops (row i of a table is crop i)."""
+    """Validated tables and their face crops (row i of a table is crop i).
+
+    ``extra``: samples added to every fold's training set, never to a validation fold (pseudo-labelled eval
+    images, labelled for the model's task); ``soft``: a teacher's probabilities of each train row, given to
+    the training samples to distill (``extra`` then carries its own)."""
 
     train: pd.DataFrame
     train_crops: faces.FaceCrops
     eval: pd.DataFrame | None = None
     eval_crops: faces.FaceCrops | None = None
     answers: pd.Series | None = None
+    extra: Samples | None = None
+    soft: np.ndarray | None = None
 
     def labels(self, rows: np.ndarray, task: str = "all", age_old: int = 60) -> np.ndarray:
         """Labels of train rows for a model of ``task``; ``age_old`` only for training labels."""
@@ -42,7 +48,17 @@ class Prepared:
         validation the real 30/60."""
         k = cfg.folds.fold if fold is None else fold
         tr, va = folds.split(self.train, k, cfg.folds.n, cfg.folds.seed)
-        return self.samples(tr, cfg.data.age_old, cfg.model.task), self.samples(va, task=cfg.model.task)
+        train = self.samples(tr, cfg.data.age_old, cfg.model.task)
+        if self.soft is not None:
+            train.soft = self.soft[tr]
+        if self.extra is not None:
+            x = self.extra
+            if (train.soft is None) != (x.soft is None):
+                raise ValueError("soft targets must be given for both the train rows and the extra samples, or neither")
+            train = Samples(np.concatenate([train.images, np.asarray(x.images)]),
+                            np.concatenate([train.labels, x.labels]),
+                            None if x.soft is None else np.concatenate([train.soft, x.soft]))
+        return train, self.samples(va, task=cfg.model.task)
 
 
 def ensure_demo(cfg: Config, log: Callable[[str], None] = print) -> Path:

@@ -32,24 +32,31 @@ Report = Callable[[dict, Path], None]
 
 @dataclass
 class Samples:
-    """Face crops (N x S x S x 3 uint8) and their labels (of the model's task: 18 classes, or mask / gender / age)."""
+    """Face crops (N x S x S x 3 uint8) and their labels (of the model's task: 18 classes, or mask / gender / age);
+    ``soft``: a teacher's probabilities (N x classes) to distill, for training samples."""
 
     images: np.ndarray
     labels: np.ndarray
+    soft: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
 
 class CropDataset(Dataset):
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform):
-        self.images, self.labels, self.transform = images, labels, transform
+    """(crop, label), or (crop, label, soft target) when ``soft`` is given."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, soft: np.ndarray | None = None):
+        self.images, self.labels, self.transform, self.soft = images, labels, transform, soft
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        return self.transform(image=np.asarray(self.images[i]))["image"], int(self.labels[i])
+        x = self.transform(image=np.asarray(self.images[i]))["image"]
+        if self.soft is None:
+            return x, int(self.labels[i])
+        return x, int(self.labels[i]), torch.from_numpy(np.asarray(self.soft[i], dtype=np.float32))
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,7 +71,7 @@ def make_loader(samples: Samples, tf, batch_size: int, workers: int = 0, sampler
                 shuffle: bool = False) -> DataLoader:
     """The DataLoader that training and evaluation use over in-memory face crops."""
     return DataLoader(
-        CropDataset(samples.images, samples.labels, tf),
+        CropDataset(samples.images, samples.labels, tf, samples.soft),
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,
@@ -174,7 +181,10 @@ def setup(cfg: Config, train: Samples, val: Samples) -> Training:
     train_dl = make_loader(train, train_tf, t.batch_size, t.num_workers, sampling.sampler(t.sampler, train.labels, t.seed),
                            shuffle=True)
     val_dl = make_loader(val, eval_tf, t.batch_size * 2, t.num_workers)
-    criterion = losses.create(t.loss, counts, label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma).to(device)
+    criterion = losses.create(t.loss, counts, label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma)
+    if train.soft is not None:  # a student: the teacher's soft targets, mixed with the hard labels
+        criterion = losses.Distill(criterion, cfg.distill.temperature, cfg.distill.alpha)
+    criterion = criterion.to(device)
     opt = timm.optim.create_optimizer_v2(optim.param_groups(net, t.weight_decay, t.backbone_lr_scale), opt=t.optimizer,
                                          lr=t.lr, weight_decay=t.weight_decay, momentum=t.momentum)
     sched = optim.scheduler(opt, t, len(train_dl))
@@ -207,10 +217,11 @@ def train_one_epoch(tr: Training, epoch: int, t, progress: bool = False) -> dict
     ctx, scaler = tr.amp
     t0, seen, loss_sum = time.perf_counter(), 0, 0.0
     bar = tqdm(tr.train_dl, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not progress)
-    for x, y in bar:
+    for x, y, *soft in bar:
         x, y = tr.to_input(x), y.to(tr.device, non_blocking=True)
         with ctx:
-            loss = tr.criterion(tr.net(x), y)
+            out = tr.net(x)
+            loss = tr.criterion(out, y, soft[0].to(tr.device, non_blocking=True)) if soft else tr.criterion(out, y)
         tr.opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()

@@ -48,6 +48,28 @@ class SoftF1Loss(nn.Module):
         return F.cross_entropy(logits.float(), target) + 1 - soft_f1[present].mean()
 
 
+class Distill(nn.Module):
+    """Knowledge distillation: ``alpha`` x T^2 x the cross-entropy of the student's temperature-``T`` softmax
+    against the teacher's soft targets (already softened by ``T``), plus (1 - alpha) x ``hard`` on the labels."""
+
+    def __init__(self, hard: nn.Module, temperature: float = 2.0, alpha: float = 0.7):
+        super().__init__()
+        self.hard, self.temperature, self.alpha = hard, temperature, alpha
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        t = self.temperature
+        kd = -(soft * (logits.float() / t).log_softmax(1)).sum(1).mean() * t * t
+        return self.alpha * kd + (1 - self.alpha) * self.hard(logits, target)
+
+
+def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """Probabilities at temperature T: p^(1/T), renormalised (what softmax(logits / T) gives)."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1.0)) / temperature
+    logp -= logp.max(1, keepdims=True)
+    p = np.exp(logp)
+    return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
 LOSSES: dict[str, Callable[..., LossFn]] = {
     "ce": lambda counts, **kw: nn.CrossEntropyLoss(),
     "smooth": lambda counts, label_smoothing=0.1, **kw: nn.CrossEntropyLoss(label_smoothing=label_smoothing),

@@ -133,6 +133,25 @@ class FinalizeConfig:
 
 
 @dataclass
+class PseudoConfig:
+    # a finalize with pseudo-labels: the eval images the ensemble of finalize ``source`` is confident about, with
+    # its labels, join every fold's training set (never a validation fold)
+    enabled: bool = False
+    source: str = "final"  # the finished finalize (a folder of the study) whose ensemble labels the eval images
+    # the confidence threshold is the lowest whose out-of-fold predictions at or above it are this precise
+    min_precision: float = 0.95
+
+
+@dataclass
+class DistillConfig:
+    source: str = ""  # the finished finalize whose ensemble teaches ("" = the study's newest)
+    fold: int = 0  # the student's validation fold: it trains on the others (and any pseudo-labelled images)
+    temperature: float = 2.0  # softens the ensemble's probabilities (and the student's) in the soft loss
+    alpha: float = 0.7  # weight of the soft loss; 1 - alpha on the hard labels (train.loss)
+    alias: str = "fast"  # the student's alias under the study's registered model
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
@@ -143,3 +162,5 @@ class Config:
     search: SearchConfig = field(default_factory=SearchConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     finalize: FinalizeConfig = field(default_factory=FinalizeConfig)
+    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)

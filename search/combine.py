@@ -52,15 +52,14 @@ class Part:
 
 def _final(run_dir: Path, spec: str) -> tuple[Path | None, str]:
     """The finished final folder a STUDY argument names, or None and why not."""
+    from search.finalize import DONE_FILE, finished
+
     path = Path(spec).expanduser() if ("/" in spec or spec.startswith(".")) else run_dir / spec
     if not path.is_dir():
         return None, f"no study folder {path}"
-    if (path / "metrics.json").is_file():
+    if (path / DONE_FILE).is_file():
         return path, ""
-    done = [p for p in path.glob("final*") if (p / "metrics.json").is_file()]
-    if not done:
-        return None, f"{path} holds no finished finalize: run `python -m search.finalize run.study={path.name}` first"
-    return max(done, key=lambda p: (p / "metrics.json").stat().st_mtime), ""
+    return finished(path)
 
 
 def load_parts(cfg: Config, specs: dict[str, str]) -> dict[str, Part]:

@@ -12,6 +12,7 @@ MLflow writes come from the driver.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -61,24 +62,43 @@ def fold_list(cfg: Config) -> list[int]:
     return ks
 
 
-def _model_keys(cfg: Config) -> dict:
+def _model_keys(cfg: Config, sections: tuple[str, ...] = ()) -> dict:
+    """What makes two runs train the same models: data, crops, folds, model, training (and a pseudo-label
+    round's settings where one ran, and ``sections``)."""
+    keep = ("data", "faces", "folds", "model", "train", *(("pseudo",) if cfg.pseudo.enabled else ()), *sections)
     return {k: v for k, v in config_mod.flat(cfg).items()
-            if k.split(".")[0] in ("data", "faces", "folds", "model", "train") and k not in _RUNTIME_KEYS}
+            if (k.split(".")[0] in keep or k == "pseudo.enabled") and k not in _RUNTIME_KEYS}
 
 
-def final_dir(cfg: Config, log: Callable[[str], None] = print) -> Path:
-    """``final/``, or ``final-2/``, ...: the first that is new or an interrupted finalize of the same models."""
-    base, n = study_dir(cfg) / "final", 1
+def final_dir(cfg: Config, log: Callable[[str], None] = print, base: str = "final",
+              sections: tuple[str, ...] = ()) -> Path:
+    """``final/``, or ``final-2/``, ...: the first that is new or an interrupted run of the same models
+    (``base`` names another kind of run: ``distill``, with the keys of ``sections`` compared too)."""
+    first, n = study_dir(cfg) / base, 1
     while True:
-        path = base if n == 1 else base.with_name(f"final-{n}")
+        path = first if n == 1 else first.with_name(f"{base}-{n}")
         if not path.exists():
             return path
         if not (path / DONE_FILE).is_file():
             saved = path / "config.yaml"
-            if not saved.is_file() or _model_keys(config_mod.load(saved)) == _model_keys(cfg):
+            if not saved.is_file() or _model_keys(config_mod.load(saved), sections) == _model_keys(cfg, sections):
                 return path
-            log(f"{path} holds an interrupted finalize of another configuration; leaving it as it is")
+            log(f"{path} holds an interrupted {base} of another configuration; leaving it as it is")
         n += 1
+
+
+def finished(study: Path, name: str = "") -> tuple[Path | None, str]:
+    """The finished finalize ``name`` of the study folder ``study`` (a folder name or a path; "" = the newest),
+    or None and why not."""
+    if name:
+        path = Path(name).expanduser() if ("/" in name or name.startswith(".")) else study / name
+        if (path / DONE_FILE).is_file():
+            return path, ""
+        return None, f"{path} is not a finished finalize (no {DONE_FILE})"
+    done = [p for p in study.glob("final*") if (p / DONE_FILE).is_file()]
+    if not done:
+        return None, f"{study} holds no finished finalize: run `python -m search.finalize run.study={study.name}` first"
+    return max(done, key=lambda p: (p / DONE_FILE).stat().st_mtime), ""
 
 
 def _log_fold(tracker: Tracker, parent: str, cfg: Config, k: int, res: dict) -> None:
@@ -96,7 +116,7 @@ def _log_fold(tracker: Tracker, parent: str, cfg: Config, k: int, res: dict) -> 
     tracker.finish(run)
 
 
-def _train_folds(cfg: Config, prep, ks: list[int], out: Path, tracker: Tracker, parent: str,
+def train_folds(cfg: Config, prep, ks: list[int], out: Path, tracker: Tracker, parent: str,
                  log: Callable[[str], None]) -> tuple[dict[int, Path], dict[int, tuple[str, str | None]]]:
     """Every selected fold's checkpoint in ``out``, and how this run got it; only unfinished folds train."""
     ckpt = {k: out / "folds" / f"fold{k}" / "checkpoint" for k in ks}
@@ -114,7 +134,6 @@ def _run_folds(cfg: Config, prep, ks: list[int], todo: list[int], out: Path, tra
     checkpoint is copied into ``out`` as it finishes. Returns how each fold was trained, and where."""
     from ray import tune
 
-    from maskclf.dataset import Prepared
     from search import cluster, experiment
     from search.callback import MlflowTrials
     from search.progress import FoldCheckpoints
@@ -123,8 +142,10 @@ def _run_folds(cfg: Config, prep, ks: list[int], todo: list[int], out: Path, tra
     for k in todo:
         log(f"fold {k}: training ({cfg.train.epochs} epochs) -> {out / 'folds' / f'fold{k}'}")
     callbacks = [MlflowTrials(tracker.uri, cfg, parent=parent, folds=True), FoldCheckpoints(out, cfg.train.epochs)]
+    # the workers need the train crops (and any pseudo-labelled images or soft targets), not the eval crops
+    shipped = dataclasses.replace(prep, eval=None, eval_crops=None, answers=None)
     results = experiment.fit(
-        cfg, name, experiment.trainable(cfg, experiment.object_store_ready(Prepared(prep.train, prep.train_crops))),
+        cfg, name, experiment.trainable(cfg, experiment.object_store_ready(shipped)),
         callbacks=callbacks, log=log, param_space={"folds.fold": tune.grid_search(todo)},
         tune_config=tune.TuneConfig(num_samples=1, reuse_actors=cfg.search.reuse_actors), what="finalize")
     callbacks[0].sync(results)
@@ -155,7 +176,7 @@ def _run_folds(cfg: Config, prep, ks: list[int], todo: list[int], out: Path, tra
     return notes
 
 
-def _write_json(path: Path, obj: dict) -> None:
+def write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     tmp.replace(path)
@@ -175,7 +196,9 @@ def _start(cfg: Config, tracker: Tracker, ks: list[int], log: Callable[[str], No
         f"folds {','.join(map(str, ks))} of {cfg.folds.n}, {cfg.train.epochs} epochs, {cfg.model.backbone}")
     out.mkdir(parents=True, exist_ok=True)
     config_mod.save(cfg, out / "config.yaml")
-    params = {**trial_params(cfg), "fold": cfg.finalize.folds, "tta": cfg.finalize.tta}
+    params = {**trial_params(cfg), "fold": cfg.finalize.folds, "tta": cfg.finalize.tta,
+              **({"pseudo_source": cfg.pseudo.source, "pseudo_min_precision": cfg.pseudo.min_precision}
+                 if cfg.pseudo.enabled else {})}
     parent = tracker.start("finalize", f"finalize · {cfg.run.study} · {out.name}", key=out.name, params=params,
                            tags={"final_dir": str(out)})
     return out, parent
@@ -197,9 +220,14 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
     from search import registry
 
     prep = dataset.prepare(cfg, need_eval=True, log=log)
+    pseudo = _pseudo_labels(cfg, prep, log) if cfg.pseudo.enabled else None
     out, parent = _start(cfg, tracker, ks, log)
     try:
-        ckpts, notes = _train_folds(cfg, prep, ks, out, tracker, parent, log)
+        if pseudo is not None:
+            pseudo.pop("table").to_csv(out / "pseudo_labels.csv", index=False)
+            tracker.log_artifact(parent, out / "pseudo_labels.csv")
+            tracker.log_metrics(parent, {"pseudo_images": pseudo["taken"]})
+        ckpts, notes = train_folds(cfg, prep, ks, out, tracker, parent, log)
         results = ensemble.fold_results(cfg, prep, ckpts)
         for i, k in enumerate(ks):
             note, node = notes[k]
@@ -209,12 +237,14 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
         m = ensemble.build(cfg, prep, results, out, log)
         m["trained_folds"] = [k for k in ks if "not retrained" not in notes[k][0]]
         m["fold_nodes"] = {str(k): notes[k][1] for k in ks if notes[k][1]}
+        if pseudo is not None:
+            m["pseudo"] = pseudo
         _log_results(tracker, parent, m, out)
         m["model_version"] = registry.register(tracker.uri, parent, cfg.run.study,
                                                {k: results[k]["ckpt"] for k in ks}, tta=cfg.finalize.tta,
                                                tags={"oof_f1": f"{m['oof_f1']:.4f}", "final_dir": str(out)})
         tracker.log_text(parent, json.dumps(m, indent=2), DONE_FILE)
-        _write_json(out / DONE_FILE, m)
+        write_json(out / DONE_FILE, m)
     except BaseException as e:  # the run shows how it ended; the next command continues it
         tracker.finish(parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
@@ -230,6 +260,54 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
     log(f"outputs in {out}; model models:/{cfg.run.study}@{registry.ALIAS} (version {m['model_version']}); "
         f"browse: {tracker.ui_command()}")
     return m
+
+
+def _pseudo_labels(cfg: Config, prep, log: Callable[[str], None]) -> dict:
+    """The confident eval images of finalize ``pseudo.source`` as ``prep.extra``, and what was taken: the
+    threshold chosen on that ensemble's out-of-fold predictions, the images per class (``table``: ImageID,
+    label, prob, for pseudo_labels.csv)."""
+    import numpy as np
+    import pandas as pd
+
+    from maskclf import pseudo, tasks
+    from maskclf.engine import Samples
+
+    source, why = finished(study_dir(cfg), cfg.pseudo.source)
+    if source is None:
+        raise InputError(f"pseudo.source: {why}")
+    saved = config_mod.load(source / "config.yaml", {"model.pretrained": False, "model.pretrained_file": "",
+                                                      "data.corrections": ""})
+    differ = [k for k in ("model.task", "data.root", "folds.n", "folds.seed")
+              if config_mod.flat(saved)[k] != config_mod.flat(cfg)[k]]
+    if differ:
+        raise InputError(f"pseudo.source: {source} differs from this finalize in {', '.join(differ)}")
+    oof, ev = pd.read_csv(source / "oof.csv"), pd.read_csv(source / "eval_probs.csv")
+    cols = [f"p{c}" for c in range(tasks.num_classes(cfg.model.task))]
+    choice = pseudo.choose_threshold(oof[cols].to_numpy(), oof["label"].to_numpy(), cfg.pseudo.min_precision)
+    ev = ev.set_index("ImageID").reindex(prep.eval["image_id"].to_numpy())
+    if ev[cols].isna().any(axis=None):
+        raise InputError(f"pseudo.source: {source / 'eval_probs.csv'} does not cover this dataset's eval images")
+    probs = ev[cols].to_numpy()
+    rows, labels = pseudo.select(probs, choice.threshold)
+    names = tasks.class_names(cfg.model.task)
+    per_class = np.bincount(labels, minlength=len(names))
+    prep.extra = Samples(np.asarray(prep.eval_crops.images[rows]), labels.astype(np.int64))
+    out = {"source": source.name, "min_precision": cfg.pseudo.min_precision, "threshold": choice.threshold,
+           "oof_precision": choice.precision, "oof_coverage": choice.coverage, "taken": int(len(rows)),
+           "eval_images": int(len(probs)), "per_class": dict(zip(names, per_class.tolist()))}
+    if prep.answers is not None and len(rows):  # a check of the labels taken, never used to take them
+        y = prep.answers.reindex(prep.eval["image_id"].to_numpy()[rows])
+        known = y.notna().to_numpy()
+        if known.any():
+            truth = tasks.targets(y[known].to_numpy().astype(np.int64), cfg.model.task)
+            out["eval_precision"] = float((labels[known] == truth).mean())
+    out["table"] = pd.DataFrame({"ImageID": prep.eval["image_id"].to_numpy()[rows], "label": labels,
+                                 "prob": probs[rows].max(1).round(5) if len(rows) else []})
+    th = "no threshold" if choice.threshold is None else f"threshold {choice.threshold:.3f}"
+    log(f"pseudo-labels from {source}: {th} (out-of-fold precision {choice.precision:.3f} at coverage "
+        f"{choice.coverage:.2f}, asked {cfg.pseudo.min_precision}); {len(rows)} of {len(probs)} eval images join "
+        f"every fold's training set: " + ", ".join(f"{n} {c}" for n, c in zip(names, per_class) if c))
+    return out
 
 
 def _log_results(tracker: Tracker, parent: str, m: dict, out: Path) -> None:

@@ -140,11 +140,12 @@ def _mlflow_uris(uri: str) -> Iterator[None]:
 
 
 def register(uri: str, run_id: str, name: str, checkpoints: dict[int, Path], *, tta: bool,
-             tags: dict[str, Any] | None = None) -> int:
+             tags: dict[str, Any] | None = None, alias: str = ALIAS) -> int:
     """Log the ensemble of ``checkpoints`` (fold -> checkpoint dir) as model ``model`` of run ``run_id``,
-    register it as a new version of ``name`` with alias ``champion``; returns the version."""
+    register it as a new version of ``name`` with ``alias`` (``champion``; a distilled student has its own);
+    returns the version."""
     return _register(uri, run_id, name, {f"fold{k}": c for k, c in checkpoints.items()}, "EnsembleModel",
-                     {"tta": tta, "device": "auto"}, tags)
+                     {"tta": tta, "device": "auto"}, tags, alias)
 
 
 def register_combined(uri: str, run_id: str, name: str, parts: dict[str, dict[int, Path]], *,
@@ -157,7 +158,7 @@ def register_combined(uri: str, run_id: str, name: str, parts: dict[str, dict[in
 
 
 def _register(uri: str, run_id: str, name: str, checkpoints: dict[str, Path], cls: str, model_config: dict,
-              tags: dict[str, Any] | None) -> int:
+              tags: dict[str, Any] | None, alias: str = ALIAS) -> int:
     from mlflow import MlflowClient
 
     staging = Path(tempfile.mkdtemp(prefix="maskclf-model-"))
@@ -175,7 +176,7 @@ def _register(uri: str, run_id: str, name: str, checkpoints: dict[str, Path], cl
             )
         version = int(info.registered_model_version)
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
-        client.set_registered_model_alias(name, ALIAS, str(version))
+        client.set_registered_model_alias(name, alias, str(version))
         for k, v in (tags or {}).items():
             client.set_model_version_tag(name, str(version), k, str(v))
         return version

@@ -130,3 +130,25 @@ def test_batches_stay_uint8_until_normalised_like_per_sample_normalisation():
     np.testing.assert_allclose(out.numpy(), ref.transpose(0, 3, 1, 2), atol=1e-5)
     with pytest.raises(TypeError, match="uint8"):
         engine.Normalizer(net, torch.device("cpu"))(out)
+
+
+def test_distill_loss_mixes_the_soft_cross_entropy_at_temperature_with_the_hard_loss():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    y = torch.tensor([0, 2])
+    soft = torch.tensor(losses.soften(np.array([[0.7, 0.2, 0.1], [0.1, 0.1, 0.8]]), 2.0))
+    hard = torch.nn.CrossEntropyLoss()
+    kd = -(soft * (logits / 2).log_softmax(1)).sum(1).mean() * 4
+    assert losses.Distill(hard, 2.0, 1.0)(logits, y, soft) == pytest.approx(kd.item())
+    assert losses.Distill(hard, 2.0, 0.0)(logits, y, soft) == pytest.approx(hard(logits, y).item())
+    assert losses.Distill(hard, 2.0, 0.3)(logits, y, soft) == pytest.approx(0.3 * kd.item() + 0.7 * hard(logits, y).item())
+    p = np.array([[0.7, 0.2, 0.1]])
+    assert np.allclose(losses.soften(p, 1.0), p) and np.allclose(losses.soften(p, 2.0), np.sqrt(p) / np.sqrt(p).sum())
+
+
+def test_a_student_learns_the_teachers_soft_targets_when_its_hard_labels_are_noise(tmp_path):
+    cfg = _cfg(tmp_path, **{"distill.alpha": 1.0, "distill.temperature": 2.0})
+    train = _easy_samples()
+    teacher = losses.soften(np.eye(NUM_CLASSES)[train.labels] * 0.9 + 0.1 / NUM_CLASSES, 2.0)
+    noisy = Samples(train.images, np.random.default_rng(1).permutation(train.labels), teacher)
+    res = engine.fit(cfg, noisy, _easy_samples(seed=0), out_dir=tmp_path / "run")
+    assert res["val_f1"] > 0.5  # only the soft targets carry the classes
