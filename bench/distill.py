@@ -32,8 +32,8 @@ from _results import append_row, machine  # noqa: E402
 from inference import ensemble, measure  # noqa: E402
 
 SECTION = "Distillation: one student against its fold ensemble, eval macro F1 and images/s"
-HEADER = ["date", "machine", "model", "eval F1", "of the ensemble's", "JPEG+crop b1", "JPEG+crop b64", "crops b1",
-          "crops b64", "command"]
+HEADER = ["date", "machine", "model", "eval F1", "of the ensemble's", "eval task F1 (mask / gender / age)",
+          "JPEG+crop b1", "JPEG+crop b64", "crops b1", "crops b64", "command"]
 
 
 def _done(folder: Path) -> dict:
@@ -41,49 +41,74 @@ def _done(folder: Path) -> dict:
 
 
 def models(study: Path) -> list[dict]:
-    """What to measure: the plain ensemble (``final``), any pseudo-label ensembles, the plain ensemble's fold
-    model that each student is compared with, and the students; each with its checkpoints, TTA and eval F1."""
+    """What to score and time: the plain ensemble (``final``), any pseudo-label ensembles, the plain ensemble's
+    fold model each student is compared with (as finalize used it, and without flip TTA as a student runs), and
+    the students. Each: its checkpoints, TTA, where its eval probabilities are (``probs``: None = compute them)
+    and whether to time it (a pseudo-label ensemble has the plain one's networks, so its speed)."""
     plain = study / "final"
     if not (plain / "metrics.json").is_file():
         raise InputError(f"{plain} is not a finished finalize: run `python -m search.finalize` first")
     m = _done(plain)
     ckpts = [plain / "folds" / f"fold{k}" / "checkpoint" for k in m["folds"]]
     out = [{"name": f"ensemble of {len(ckpts)} ({plain.name})", "ckpts": ckpts, "tta": m["tta"],
-            "eval_f1": m.get("eval_f1"), "measure": True}]
+            "probs": plain / "eval_probs.csv", "measure": True}]
     for d in sorted(p for p in study.glob("final-*") if (p / "metrics.json").is_file()):
-        dm = _done(d)
-        if "pseudo" in dm:  # the same networks: its speed is the plain ensemble's
-            p = dm["pseudo"]
-            out.append({"name": f"ensemble of {len(dm['folds'])} + {p['taken']} pseudo-labelled eval images "
-                                f"({d.name}, threshold {p['threshold']})", "eval_f1": dm.get("eval_f1"), "measure": False})
-    students = sorted(p for p in study.glob("distill*") if (p / "metrics.json").is_file())
-    for k in sorted({_done(s)["fold"] for s in students}):
-        if k in m["folds"]:
-            ckpt = ckpts[m["folds"].index(k)]
-            out.append({"name": f"one fold model (fold {k} of {plain.name})", "ckpts": [ckpt], "tta": m["tta"],
-                        "eval_f1": m["eval_f1_folds"][m["folds"].index(k)], "measure": True})
-            if m["tta"]:  # the student's own setting: its eval F1 is scored here
-                out.append({"name": f"one fold model (fold {k} of {plain.name}), no TTA", "ckpts": [ckpt],
-                            "tta": False, "eval_f1": None, "measure": True, "score": True})
+        p = _done(d).get("pseudo")
+        if p:
+            out.append({"name": f"ensemble of {len(_done(d)['folds'])} + {p['taken']} pseudo-labelled eval images "
+                                f"({d.name}, threshold {p['threshold']})", "probs": d / "eval_probs.csv",
+                        "measure": False})
+    students = sorted((p for p in study.glob("distill*") if (p / "metrics.json").is_file()),
+                      key=lambda p: int(p.name.rpartition("-")[2]) if "-" in p.name else 1)
+    for k in sorted({_done(s)["fold"] for s in students} & set(m["folds"])):
+        ckpt = ckpts[m["folds"].index(k)]
+        out.append({"name": f"one fold model (fold {k} of {plain.name})", "ckpts": [ckpt], "tta": m["tta"],
+                    "probs": None, "measure": True})
+        if m["tta"]:
+            out.append({"name": f"one fold model (fold {k} of {plain.name}), no TTA", "ckpts": [ckpt], "tta": False,
+                        "probs": None, "measure": True})
+    timed = set()  # students of one backbone and input size run at one speed: the first is timed
     for s in students:
-        sm = _done(s)
-        out.append({"name": f"student ({s.name}: {sm['backbone']} {sm['image_size']}px, taught by {sm['source']})",
+        sm, sc = _done(s), config.load(s / "config.yaml", {"model.pretrained": False, "data.corrections": ""})
+        if sm["alpha"] == 0:
+            taught = f"hard labels only (alpha 0; {sm['source']}'s pseudo-labels)" if sm.get(
+                "pseudo_labelled_eval_images") else "hard labels only (alpha 0)"
+        else:  # runs that name no targets used out-of-fold ones
+            what = "soft vote" if sm.get("targets", "oof") == "ensemble" else "out-of-fold"
+            taught = f"{what} of {sm['source']}, T {sm['temperature']:g}"
+        out.append({"name": f"student ({s.name}: {sm['backbone']} {sm['image_size']}px, {sc.train.epochs} epochs, "
+                            f"seed {sc.train.seed}, {taught})",
                     "ckpts": [s / "folds" / f"fold{sm['fold']}" / "checkpoint"], "tta": False,
-                    "eval_f1": sm.get("eval_f1"), "measure": True})
+                    "probs": s / "eval_probs.csv", "measure": (sm["backbone"], sm["image_size"]) not in timed})
+        timed.add((sm["backbone"], sm["image_size"]))
     return out
 
 
-def _eval_f1(ckpt: Path, prep, cfg: config.Config) -> float:
-    """Eval macro F1 of one checkpoint without flip TTA, on every eval image with an answer."""
-    from maskclf import metrics, predict, tasks
+def eval_probs(t: dict, prep, cfg: config.Config) -> np.ndarray:
+    """The model's probabilities of every eval image (in ``prep.eval``'s order): from its run's eval_probs.csv,
+    or predicted from its checkpoint as finalize predicts (crops, flip TTA when it used it)."""
+    import pandas as pd
 
+    from maskclf import predict
+
+    ids = prep.eval["image_id"].to_numpy()
+    if t["probs"] is not None:
+        table = pd.read_csv(t["probs"]).set_index("ImageID").reindex(ids)
+        return table[[c for c in table.columns if c.startswith("p")]].to_numpy()
     device = str(engine.resolve_device(cfg.train.device))
-    net, ck_cfg = engine.load_model(ckpt, device)
-    probs = predict.model_probs(net, ck_cfg, prep.eval_crops.images, tta=False, device=device)
+    members = predict.load_ensemble(t["ckpts"], device)
+    return predict.predict_crops(members, prep.eval_crops.images, tta=t["tta"], device=device)
+
+
+def scores(probs: np.ndarray, prep) -> tuple[float, dict[str, float]]:
+    """Eval macro F1 and each task's macro F1 (18-class probabilities summed down to it), on the answered images."""
+    from maskclf import metrics
+    from maskclf.ensemble import task_f1
+
     y = prep.answers.reindex(prep.eval["image_id"].to_numpy())
     known = y.notna().to_numpy()
-    return metrics.macro_f1(tasks.targets(y[known].to_numpy().astype(np.int64), ck_cfg.model.task),
-                            probs[known].argmax(1))
+    y = y[known].to_numpy().astype(np.int64)
+    return metrics.macro_f1(y, probs[known].argmax(1)), task_f1(y, probs[known])
 
 
 @cli
@@ -91,35 +116,37 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(config.DEFAULT_CONFIG))
     p.add_argument("--quick", action="store_true", help="64 eval images")
-    p.add_argument("--images", type=int, default=256, help="eval images to predict (default 256)")
+    p.add_argument("--images", type=int, default=256, help="eval images to time (default 256)")
     p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")), help="where the rows go")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = config.load(args.config, args.overrides)
+    if cfg.model.task != "all":
+        raise InputError(f"model.task={cfg.model.task}: bench/distill.py compares 18-class models")
     todo = models(study_dir(cfg))
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     prep = dataset.prepare(cfg, need_eval=True, log=lambda s: print(s, file=sys.stderr), progress=False)
+    if prep.answers is None:
+        raise InputError(f"{cfg.data.root}: no eval/answers.csv, so no eval F1 to compare")
     n = min(64 if args.quick else args.images, len(prep.eval))
     paths, crops = prep.eval["path"].iloc[:n].tolist(), np.asarray(prep.eval_crops.images[:n])
-    base = todo[0]["eval_f1"]
-    print(f"{n} eval images, {str(engine.resolve_device(cfg.train.device))}, {torch.get_num_threads()} thread(s)")
-    print(f"  {'':90}{'eval F1':>8}{'JPEG b1':>9}{'JPEG b64':>9}{'crops b1':>9}{'crops b64':>10}")
+    print(f"{len(prep.eval)} eval images scored, {n} timed; {engine.resolve_device(cfg.train.device)}, "
+          f"{torch.get_num_threads()} thread(s)")
     cmd = "python bench/distill.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    base = None
     for t in todo:
-        if t.get("score") and prep.answers is not None:
-            t["eval_f1"] = _eval_f1(t["ckpts"][0], prep, cfg)
-        cells = ["(as the ensemble)"] * 4
+        f1, per_task = scores(eval_probs(t, prep, cfg), prep)
+        base = f1 if base is None else base  # the plain ensemble's, first
+        cells = ["(as the ensemble)" if t["name"].startswith("ensemble") else "(as the first)"] * 4
         if t["measure"]:
             r = measure(ensemble(t["ckpts"], config.apply(cfg, {"finalize.tta": t["tta"]})), paths, crops)
             cells = [f"{r[(w, b)]:.1f}/s" for w in ("jpegs", "crops") for b in (1, 64)]
-        f1 = t["eval_f1"]
-        share = f"{100 * f1 / base:.1f}%" if f1 is not None and base else "-"
         name = t["name"] + (" / flip TTA" if t.get("tta") else "")
-        print(f"  {name:90}{(f1 or float('nan')):8.4f}" + "".join(f"{c:>10}" for c in cells))
-        append_row(SECTION, HEADER, [str(datetime.date.today()), machine(), name,
-                                     "-" if f1 is None else f"{f1:.4f}", share, *cells, f"`{cmd.strip()}`"],
-                   args.results)
+        tasks_cell = " / ".join(f"{per_task[k]:.3f}" for k in ("mask", "gender", "age"))
+        print(f"  {name}: eval F1 {f1:.4f} ({100 * f1 / base:.1f}%), tasks {tasks_cell}; images/s " + ", ".join(cells))
+        append_row(SECTION, HEADER, [str(datetime.date.today()), machine(), name, f"{f1:.4f}",
+                                     f"{100 * f1 / base:.1f}%", tasks_cell, *cells, f"`{cmd.strip()}`"], args.results)
     return 0
 
 

@@ -219,6 +219,7 @@ def value_problems(cfg: Config) -> list[str]:
     _check_choice(p, "search.sampler", cfg.search.sampler, ["tpe", "random"])
     _check_choice(p, "search.scheduler", cfg.search.scheduler, ["asha", "fifo"])
     _check_choice(p, "search.stopped_trials", cfg.search.stopped_trials, ["complete", "pruned"])
+    _check_choice(p, "distill.targets", cfg.distill.targets, ["ensemble", "oof"])
     err = model.backbone_problem(cfg.model.backbone)
     if err:
         p.append(f"model.backbone: {err}")

@@ -146,6 +146,9 @@ class PseudoConfig:
 class DistillConfig:
     source: str = ""  # the finished finalize whose ensemble teaches ("" = the study's newest)
     fold: int = 0  # the student's validation fold: it trains on the others (and any pseudo-labelled images)
+    # the soft targets of the training images: ensemble (the soft vote of every fold model) | oof (the one fold
+    # model that did not train on the image)
+    targets: str = "ensemble"
     temperature: float = 2.0  # softens the ensemble's probabilities (and the student's) in the soft loss
     alpha: float = 0.7  # weight of the soft loss; 1 - alpha on the hard labels (train.loss)
     alias: str = "fast"  # the student's alias under the study's registered model

@@ -1,8 +1,8 @@
 """``python -m search.distill``: one fast student network taught by a finished finalize's ensemble.
 
 The student (by default the ensemble's own configuration: one network, no flip TTA) trains on the
-training images of every fold but ``distill.fold`` against the ensemble's out-of-fold probabilities
-(each training image's probabilities from the fold model that never trained on it), softened by
+training images of every fold but ``distill.fold`` against the ensemble's probabilities (its soft vote,
+or with ``distill.targets=oof`` each image's out-of-fold probabilities), softened by
 ``distill.temperature`` and mixed with the hard labels (``distill.alpha``); when the source finalize
 ran a pseudo-label round, its pseudo-labelled eval images join with the ensemble's eval probabilities.
 It trains on Ray as a fold does, checkpointing every epoch; running the command again continues it.
@@ -53,26 +53,35 @@ def student_config(cfg: Config, overrides: list[str]) -> tuple[Config, Path]:
     return config_mod.validate(student), source
 
 
-def teacher_targets(cfg: Config, prep, source: Path) -> dict:
-    """The ensemble's probabilities as the student's soft targets: ``prep.soft`` for the train rows (its
-    out-of-fold probabilities; a row it never scored gets its label), and ``prep.extra`` for the pseudo-labelled
-    eval images of a pseudo-label finalize. Returns what was used."""
+def teacher_targets(cfg: Config, prep, source: Path, out: Path, log: Callable[[str], None] = print) -> dict:
+    """The ensemble's probabilities as the student's soft targets, softened by ``distill.temperature``:
+    ``prep.soft`` for the train rows, and ``prep.extra`` for the pseudo-labelled eval images of a pseudo-label
+    finalize (with the ensemble's eval probabilities). ``distill.targets`` = ensemble: the soft vote of every
+    fold model on each training image (predicted once, kept in ``out/teacher_probs.npy``); oof: the out-of-fold
+    probabilities of the one fold model that never trained on it (a row no fold model scored gets its label).
+    Returns what was used."""
     import pandas as pd
 
     from maskclf import losses, tasks
     from maskclf.engine import Samples
 
     cols = [f"p{c}" for c in range(tasks.num_classes(cfg.model.task))]
-    oof = pd.read_csv(source / "oof.csv").set_index("path")
-    probs = oof.reindex(prep.train["path"].astype(str).to_numpy())[cols].to_numpy(np.float64)
-    missing = np.isnan(probs).any(1)
-    if missing.all():
-        raise InputError(f"distill.source: {source / 'oof.csv'} scores none of the training images at {cfg.data.root}")
-    if missing.any():  # folds the source did not finalize: their hard labels stand in
-        labels = prep.labels(np.flatnonzero(missing), cfg.model.task, cfg.data.age_old)
-        probs[missing] = np.eye(len(cols))[labels]
+    if cfg.distill.targets == "ensemble":
+        probs = _ensemble_probs(cfg, prep, source, out, log)
+        missing = np.zeros(len(probs), bool)
+    else:
+        oof = pd.read_csv(source / "oof.csv").set_index("path")
+        probs = oof.reindex(prep.train["path"].astype(str).to_numpy())[cols].to_numpy(np.float64)
+        missing = np.isnan(probs).any(1)
+        if missing.all():
+            raise InputError(f"distill.source: {source / 'oof.csv'} scores none of the training images at "
+                             f"{cfg.data.root}")
+        if missing.any():  # folds the source did not finalize: their hard labels stand in
+            labels = prep.labels(np.flatnonzero(missing), cfg.model.task, cfg.data.age_old)
+            probs[missing] = np.eye(len(cols))[labels]
     prep.soft = losses.soften(probs, cfg.distill.temperature)
-    used = {"train_rows_with_ensemble_targets": int((~missing).sum()), "train_rows_with_labels_only": int(missing.sum())}
+    used = {"targets": cfg.distill.targets, "train_rows_with_ensemble_targets": int((~missing).sum()),
+            "train_rows_with_labels_only": int(missing.sum())}
     pseudo_file = source / "pseudo_labels.csv"
     if pseudo_file.is_file():
         taken = pd.read_csv(pseudo_file)
@@ -86,6 +95,27 @@ def teacher_targets(cfg: Config, prep, source: Path) -> dict:
                              losses.soften(ev.loc[taken["ImageID"], cols].to_numpy(np.float64), cfg.distill.temperature))
         used["pseudo_labelled_eval_images"] = int(len(rows))
     return used
+
+
+def _ensemble_probs(cfg: Config, prep, source: Path, out: Path, log: Callable[[str], None]) -> np.ndarray:
+    """The source ensemble's soft vote on every training image (flip TTA as its finalize used it), computed once."""
+    from maskclf import engine, predict
+
+    cache = out / "teacher_probs.npy"
+    if cache.is_file():
+        probs = np.load(cache)
+        if len(probs) == len(prep.train):
+            return probs
+    teacher = json.loads((source / DONE_FILE).read_text())
+    ckpts = [source / "folds" / f"fold{k}" / "checkpoint" for k in teacher["folds"]]
+    device = str(engine.resolve_device(cfg.train.device))
+    log(f"teacher: the {len(ckpts)} fold models of {source} predict the {len(prep.train)} training images")
+    probs = predict.predict_crops(predict.load_ensemble(ckpts, device), prep.train_crops.images,
+                                  tta=bool(teacher.get("tta", True)), batch_size=cfg.train.batch_size * 2, device=device)
+    tmp = out / "teacher_probs.tmp.npy"
+    np.save(tmp, probs)
+    tmp.replace(cache)
+    return probs
 
 
 def _scores(cfg: Config, prep, ckpt: Path, source: Path, out: Path, log: Callable[[str], None]) -> dict:
@@ -110,8 +140,8 @@ def _scores(cfg: Config, prep, ckpt: Path, source: Path, out: Path, log: Callabl
                                  out / "submission.csv")
     teacher = json.loads((source / DONE_FILE).read_text())
     m = {"task": cfg.model.task, "source": source.name, "fold": k, "backbone": cfg.model.backbone,
-         "image_size": cfg.train.image_size, "epochs": cfg.train.epochs, "temperature": cfg.distill.temperature,
-         "alpha": cfg.distill.alpha, "val_f1": metrics.macro_f1(labels, val.argmax(1)), "val_images": int(len(rows))}
+         "image_size": cfg.train.image_size, "epochs": cfg.train.epochs, "seed": cfg.train.seed,
+         "temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha, "val_f1": metrics.macro_f1(labels, val.argmax(1)), "val_images": int(len(rows))}
     if k in teacher.get("folds", []):
         m["fold_model_val_f1"] = teacher["fold_f1"][teacher["folds"].index(k)]
     if prep.answers is not None:
@@ -145,19 +175,20 @@ def _distill(cfg: Config, tracker: Tracker, log: Callable[[str], None]) -> dict:
     if source is None:
         raise InputError(f"distill.source: {why}")
     prep = dataset.prepare(cfg, need_eval=True, log=log)
-    used = teacher_targets(cfg, prep, source)
     out = fin.final_dir(cfg, log, base="distill", sections=("distill",))
     k = cfg.distill.fold
     if epochs_done(out / "folds" / f"fold{k}" / "checkpoint") < cfg.train.epochs:
         joined = cluster.connect(cfg, log)
         cluster.check_resources(cfg, wait_s=600 if joined else 0, log=log)
         cluster.check_storage(cfg)
-    log(f"{'continuing the interrupted distillation' if out.exists() else 'distilling'} {source} into one "
+    again = out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    config_mod.save(cfg, out / "config.yaml")
+    used = teacher_targets(cfg, prep, source, out, log)
+    log(f"{'continuing the interrupted distillation' if again else 'distilling'} {source} into one "
         f"{cfg.model.backbone} at {cfg.train.image_size} px ({cfg.train.epochs} epochs, T={cfg.distill.temperature:g}, "
         f"alpha={cfg.distill.alpha:g}, validation fold {k}) in {out}: "
         + ", ".join(f"{v} {n.replace('_', ' ')}" for n, v in used.items()))
-    out.mkdir(parents=True, exist_ok=True)
-    config_mod.save(cfg, out / "config.yaml")
     params = {**trial_params(cfg), "source": source.name, "fold": k, "temperature": cfg.distill.temperature,
               "alpha": cfg.distill.alpha}
     parent = tracker.start("distill", f"distill · {cfg.run.study} · {cfg.model.backbone} · {out.name}", key=out.name,

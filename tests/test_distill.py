@@ -121,7 +121,14 @@ def test_the_student_learns_from_the_ensemble_scores_beside_it_and_serves_from_t
     out = teacher.study / "distill"
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(m))
     assert m["pseudo_labelled_eval_images"] == teacher.pseudo["pseudo"]["taken"]
-    assert m["train_rows_with_ensemble_targets"] == 2 * 84 and m["train_rows_with_labels_only"] == 3 * 84
+    # the soft vote of the source's two fold models on every training image, with flip TTA as it used
+    from maskclf import predict
+
+    assert m["targets"] == "ensemble" and m["train_rows_with_ensemble_targets"] == 420
+    prep = dataset.prepare(cfg, progress=False, log=lambda s: None)
+    vote = predict.predict_crops(predict.load_ensemble([source / "folds" / f"fold{k}" / "checkpoint" for k in (0, 1)]),
+                                 prep.train_crops.images, tta=True)
+    assert np.allclose(np.load(out / "teacher_probs.npy"), vote, atol=1e-5)
     # every figure recomputed from the files
     oof = pd.read_csv(out / "oof.csv")
     assert set(oof["fold"]) == {0} and m["val_f1"] == pytest.approx(
@@ -160,12 +167,14 @@ def test_the_student_learns_from_the_ensemble_scores_beside_it_and_serves_from_t
 def test_a_finished_distillation_is_never_overwritten_and_an_interrupted_one_continues(teacher):
     first = teacher.study / "distill" / "metrics.json"
     before = first.stat().st_mtime_ns
-    over = [*teacher.overrides, "distill.temperature=4"]
+    over = [*teacher.overrides, "distill.temperature=4", "distill.targets=oof"]
     cfg, _ = distill.student_config(config.load(SMOKE, over), over)
     m = distill.run(cfg, log=print)
     second = teacher.study / "distill-2"
     assert first.stat().st_mtime_ns == before and (second / "metrics.json").is_file()
     assert m["temperature"] == 4 and "trained epochs 1-2" in m["trained"]
+    # out-of-fold targets: the two folds the source finalized; the other rows learn from their labels
+    assert m["train_rows_with_ensemble_targets"] == 2 * 84 and m["train_rows_with_labels_only"] == 3 * 84
     ckpt = second / "folds" / "fold0" / "checkpoint" / "state.pt"
     trained = ckpt.stat().st_mtime_ns
     (second / "metrics.json").unlink()  # killed after training, before its end
@@ -185,21 +194,24 @@ def test_the_benchmark_scores_and_times_the_ensembles_the_fold_model_and_every_s
     rows = [line.split(" | ") for line in results.read_text().splitlines() if line.startswith("| 20")]
     got = {row[2]: row[3] for row in rows}
     final, pseudo_final = (json.loads((teacher.study / d / "metrics.json").read_text()) for d in ("final", "final-2"))
-    assert got[f"ensemble of 5 (final) / flip TTA"] == f"{final['eval_f1']:.4f}"
-    assert got[f"one fold model (fold 0 of final) / flip TTA"] == f"{final['eval_f1_folds'][0]:.4f}"
+    # the figures of the runs, recomputed by the benchmark from their eval probabilities
+    assert got["ensemble of 5 (final) / flip TTA"] == f"{final['eval_f1']:.4f}"
+    assert got["one fold model (fold 0 of final) / flip TTA"] == f"{final['eval_f1_folds'][0]:.4f}"
     assert any(k.startswith(f"ensemble of 2 + {pseudo_final['pseudo']['taken']} pseudo") and
                v == f"{pseudo_final['eval_f1']:.4f}" for k, v in got.items())
-    for d in ("distill", "distill-2"):
+    for d, targets in (("distill", "soft vote"), ("distill-2", "out-of-fold")):
         m = json.loads((teacher.study / d / "metrics.json").read_text())
-        assert got[f"student ({d}: test_resnet 32px, taught by {m['source']})"] == f"{m['eval_f1']:.4f}"
+        name = f"student ({d}: test_resnet 32px, 2 epochs, seed 0, {targets} of {m['source']}, T {m['temperature']:g})"
+        assert got[name] == f"{m['eval_f1']:.4f}"
     # the fold model without TTA is scored by the benchmark itself, from its checkpoint
-    ckpt = teacher.study / "final" / "folds" / "fold0" / "checkpoint"
     from maskclf import engine, predict
 
-    net, ck_cfg = engine.load_model(ckpt)
+    net, ck_cfg = engine.load_model(teacher.study / "final" / "folds" / "fold0" / "checkpoint")
     prep = dataset.prepare(teacher.cfg, need_eval=True, progress=False, log=lambda s: None)
     probs = predict.model_probs(net, ck_cfg, prep.eval_crops.images, tta=False)
     truth = _answers(teacher.data, prep.eval["image_id"])
     assert got["one fold model (fold 0 of final), no TTA"] == f"{metrics.macro_f1(truth, probs.argmax(1)):.4f}"
-    measured = [row for row in rows if "(as the ensemble)" not in row[5]]
-    assert len(measured) == 5 and all(float(row[c].removesuffix("/s")) > 0 for row in measured for c in (5, 6, 7, 8))
+    measured = [row for row in rows if not row[6].startswith("(as the")]
+    assert len(measured) == 4 and rows[-1][6] == "(as the first)"  # the second student is the first's network
+    assert all(float(row[c].removesuffix("/s")) > 0 for row in measured for c in (6, 7, 8, 9))
+    assert all(len(row[5].split(" / ")) == 3 for row in rows)
