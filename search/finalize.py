@@ -6,7 +6,8 @@ checkpointing every epoch to the study's Tune storage; each finished fold's chec
 to ``<run.dir>/<study>/final/folds/fold<k>/``. Running the command again continues an interrupted
 finalize: complete folds are loaded, unfinished ones resume from their last epoch. A finished
 finalize (``metrics.json`` written last) is never overwritten: the next goes to ``final-2/``. All
-MLflow writes come from the driver.
+MLflow writes come from the driver. With ``pseudo.enabled`` every fold also trains on the eval images
+that a finished finalize's ensemble is confident about (``pseudo_labels.csv``; never a validation fold).
 """
 
 from __future__ import annotations

@@ -128,3 +128,15 @@ def start_mlflow_server(backend_uri: str, port: int, artifacts: Path | None = No
                 os.killpg(proc.pid, signal.SIGKILL)
                 pytest.fail("mlflow server did not start")
             time.sleep(0.5)
+
+
+# The longest test files first (minutes each on 2 cores, from CI's --durations): with one file per worker
+# (--dist loadfile), a long file started last would leave the other workers idle while it finishes.
+_LONGEST_FIRST = ["test_bench_tasks", "test_bench_search", "test_faults_driver", "test_browser", "test_combine",
+                  "test_tune", "test_distill", "test_finalize", "test_faults_finalize", "test_cluster",
+                  "test_study_growth", "test_bench_scale", "test_faults", "test_search_options", "test_bench"]
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each file keeps its own order
