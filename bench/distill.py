@@ -105,9 +105,9 @@ def scores(probs: np.ndarray, prep) -> tuple[float, dict[str, float]]:
     from maskclf import metrics
     from maskclf.ensemble import task_f1
 
-    y = prep.answers.reindex(prep.eval["image_id"].to_numpy())
-    known = y.notna().to_numpy()
-    y = y[known].to_numpy().astype(np.int64)
+    y = prep.eval_labels()
+    known = y >= 0
+    y = y[known]
     return metrics.macro_f1(y, probs[known].argmax(1)), task_f1(y, probs[known])
 
 

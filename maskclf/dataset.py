@@ -39,6 +39,16 @@ class Prepared:
         """Labels of train rows for a model of ``task``; ``age_old`` only for training labels."""
         return tasks.targets(data.labels(self.train.iloc[rows], age_old), task)
 
+    def eval_labels(self, task: str = "all") -> np.ndarray:
+        """The true labels of the eval images (row i of ``eval``) for a model of ``task``, from eval/answers.csv;
+        -1 where it has none (every row without the file)."""
+        out = np.full(len(self.eval), -1, np.int64)
+        if self.answers is not None:
+            y = self.answers.reindex(self.eval["image_id"].to_numpy())
+            known = y.notna().to_numpy()
+            out[known] = tasks.targets(y[known].to_numpy().astype(np.int64), task)
+        return out
+
     def samples(self, rows: np.ndarray, age_old: int = 60, task: str = "all") -> Samples:
         """Crops and labels of train rows; ``age_old`` only for training labels."""
         return Samples(np.asarray(self.train_crops.images[rows]), self.labels(rows, task, age_old))

@@ -74,7 +74,7 @@ def _oof(cfg: Config, prep, results: dict[int, dict]) -> tuple:
 def _evaluate(cfg: Config, prep, results: dict[int, dict], out: Path, log: Callable[[str], None]) -> dict:
     """The ensemble on the eval images: eval_probs.csv, submission.csv (18 classes only), and scores where
     answers exist."""
-    from maskclf import engine, metrics, predict, tasks
+    from maskclf import engine, metrics, predict
 
     ks = sorted(results)
     device = str(engine.resolve_device(cfg.train.device))
@@ -89,9 +89,9 @@ def _evaluate(cfg: Config, prep, results: dict[int, dict], out: Path, log: Calla
         predict.write_submission(prep.eval, probs, info, out / "submission.csv")
     if prep.answers is None:
         return {}
-    y = prep.answers.reindex(prep.eval["image_id"].to_numpy())
-    known = y.notna().to_numpy()
-    y = tasks.targets(y[known].to_numpy().astype(np.int64), cfg.model.task)
+    y = prep.eval_labels(cfg.model.task)
+    known = y >= 0
+    y = y[known]
     folds_f1 = [metrics.macro_f1(y, p[known].argmax(1)) for p in each]
     return {"eval_f1": metrics.macro_f1(y, probs[known].argmax(1)), "eval_f1_folds": folds_f1,
             "eval_f1_fold_mean": float(np.mean(folds_f1))}

@@ -121,7 +121,7 @@ def _ensemble_probs(cfg: Config, prep, source: Path, out: Path, log: Callable[[s
 def _scores(cfg: Config, prep, ckpt: Path, source: Path, out: Path, log: Callable[[str], None]) -> dict:
     """The student on its validation fold (oof.csv) and on the eval images (eval_probs.csv, submission.csv),
     beside the ensemble's and the fold model's figures from the source's metrics.json."""
-    from maskclf import engine, folds, metrics, predict, tasks
+    from maskclf import engine, folds, metrics, predict
 
     device = str(engine.resolve_device(cfg.train.device))
     net, ck_cfg = engine.load_model(ckpt, device)
@@ -141,14 +141,14 @@ def _scores(cfg: Config, prep, ckpt: Path, source: Path, out: Path, log: Callabl
     teacher = json.loads((source / DONE_FILE).read_text())
     m = {"task": cfg.model.task, "source": source.name, "fold": k, "backbone": cfg.model.backbone,
          "image_size": cfg.train.image_size, "epochs": cfg.train.epochs, "seed": cfg.train.seed,
-         "temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha, "val_f1": metrics.macro_f1(labels, val.argmax(1)), "val_images": int(len(rows))}
+         "temperature": cfg.distill.temperature, "alpha": cfg.distill.alpha,
+         "val_f1": metrics.macro_f1(labels, val.argmax(1)), "val_images": int(len(rows))}
     if k in teacher.get("folds", []):
         m["fold_model_val_f1"] = teacher["fold_f1"][teacher["folds"].index(k)]
     if prep.answers is not None:
-        y = prep.answers.reindex(prep.eval["image_id"].to_numpy())
-        known = y.notna().to_numpy()
-        truth = tasks.targets(y[known].to_numpy().astype(np.int64), cfg.model.task)
-        m["eval_f1"] = metrics.macro_f1(truth, ev[known].argmax(1))
+        truth = prep.eval_labels(cfg.model.task)
+        known = truth >= 0
+        m["eval_f1"] = metrics.macro_f1(truth[known], ev[known].argmax(1))
         m["eval_images"] = int(known.sum())
         if "eval_f1" in teacher:
             m["ensemble_eval_f1"] = teacher["eval_f1"]

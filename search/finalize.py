@@ -296,12 +296,9 @@ def _pseudo_labels(cfg: Config, prep, log: Callable[[str], None]) -> dict:
     out = {"source": source.name, "min_precision": cfg.pseudo.min_precision, "threshold": choice.threshold,
            "oof_precision": choice.precision, "oof_coverage": choice.coverage, "taken": int(len(rows)),
            "eval_images": int(len(probs)), "per_class": dict(zip(names, per_class.tolist()))}
-    if prep.answers is not None and len(rows):  # a check of the labels taken, never used to take them
-        y = prep.answers.reindex(prep.eval["image_id"].to_numpy()[rows])
-        known = y.notna().to_numpy()
-        if known.any():
-            truth = tasks.targets(y[known].to_numpy().astype(np.int64), cfg.model.task)
-            out["eval_precision"] = float((labels[known] == truth).mean())
+    truth = prep.eval_labels(cfg.model.task)[rows]
+    if (truth >= 0).any():  # a check of the labels taken, never used to take them
+        out["eval_precision"] = float((labels[truth >= 0] == truth[truth >= 0]).mean())
     out["table"] = pd.DataFrame({"ImageID": prep.eval["image_id"].to_numpy()[rows], "label": labels,
                                  "prob": probs[rows].max(1).round(5) if len(rows) else []})
     th = "no threshold" if choice.threshold is None else f"threshold {choice.threshold:.3f}"
