@@ -111,7 +111,7 @@ class SearchConfig:
     # a finished trial's process runs the next trial: no process start, imports or CUDA set-up per trial;
     # off by default, so that each trial starts with its own fresh memory and CUDA state
     reuse_actors: bool = False
-    address: str = ""  # Ray cluster address; "" = RAY_ADDRESS, else a Ray running on this node, else a new one; "local" = always a new one
+    address: str = ""  # Ray cluster address; "" = RAY_ADDRESS, else a Ray `ray start` runs on this node, else a private one; "local" = always a private one
     storage_path: str = ""  # Tune results; must be shared storage on a multi-node cluster
     # a new study starts from the finished trials of these studies (comma list: names in run.dir, or study
     # folders' paths) that are points of its space, instead of random start-up trials

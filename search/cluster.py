@@ -21,30 +21,42 @@ def storage_path(cfg: Config) -> str:
 
 
 def connect(cfg: Config, log: Callable[[str], None]) -> bool:
-    """Join the configured or running Ray cluster, else start a local Ray; True when a cluster was joined."""
+    """Join the configured Ray cluster, or one started on this node to last (``ray start``, ``ray up``), else
+    start a private local Ray; True when a cluster was joined.
+
+    Another command's private Ray is never joined: it stops when that command ends, and a driver joined to it
+    would die with it."""
     import ray
 
     if ray.is_initialized():
         return len(alive_nodes()) > 1
     address = cfg.search.address or os.environ.get("RAY_ADDRESS", "")
-    joined = False
-    if address not in ("", "local"):
-        log(f"connecting to the Ray cluster at {address}")
-        ray.init(address=address, log_to_driver=False)
-        joined = True
-    elif address == "":  # a Ray started on this node (ray start / ray up) is used when there is one
-        try:
-            ray.init(address="auto", log_to_driver=False)
-            joined = True
-        except ConnectionError:
-            pass
-    if not joined:
+    if address == "":
+        address = started_ray() or "local"
+    if address == "local":
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
         log(f"started a local Ray with {int(ray.cluster_resources().get('CPU', 0))} CPUs")
         return False
+    log(f"connecting to the Ray cluster at {address}")
+    ray.init(address=address, log_to_driver=False)
     res = ray.cluster_resources()
     log(f"Ray cluster: {len(alive_nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
     return True
+
+
+def started_ray() -> str | None:
+    """The address of the Ray that ``ray start`` last started on this node, while it runs; None otherwise.
+
+    ``ray start`` (and so ``ray up``) records its address in Ray's temp folder, and a plain ``ray.init()``
+    does not: so a private Ray another command started is not found here, while ``address="auto"``
+    would join any Ray running on the node."""
+    from ray._private import services
+
+    recorded = services.find_bootstrap_address(None)
+    if not recorded:
+        return None
+    services.find_gcs_addresses.cache_clear()
+    return recorded if recorded in services.find_gcs_addresses() else None
 
 
 def check_resources(cfg: Config, wait_s: float = 0, log: Callable[[str], None] = print) -> None:

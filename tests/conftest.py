@@ -86,6 +86,60 @@ def smoke_data(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def smoke_final(smoke_data, tmp_path_factory):
+    """A finished five-fold finalize of the smoke config (2 epochs a fold), shared by every test of the run that
+    only reads one: ``python -m search.finalize`` in a Ray of its own, built by the first worker to get here while
+    the others wait. Tests that write to a study work on a copy (:func:`copy_run_dir`)."""
+    import fcntl
+    from types import SimpleNamespace
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    run_dir = shared / "smoke-final" / "runs"
+    overrides = [f"data.root={smoke_data}", f"run.dir={run_dir}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
+    log = run_dir.parent / "finalize.log"
+    with open(shared / "smoke-final.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (run_dir.parent / "complete").is_file():
+            config.save(config.apply(config.load(SMOKE, overrides), {"train.epochs": 2}),
+                        run_dir / "smoke" / "best_config.yaml")
+            t0 = time.time()
+            r = subprocess.run([sys.executable, "-m", "search.finalize", "--config", str(SMOKE), *overrides],
+                               cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True, text=True,
+                               timeout=900)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            log.write_text(r.stdout)
+            print(f"shared smoke finalize: {time.time() - t0:.1f} s", file=sys.stderr)
+            (run_dir.parent / "complete").touch()
+    return SimpleNamespace(run_dir=run_dir, overrides=overrides, data=smoke_data, lines=log.read_text().splitlines())
+
+
+def copy_run_dir(src: Path, dst: Path) -> Path:
+    """A copy of a run dir that is a run dir of its own: the paths in its MLflow store and its files name ``dst``."""
+    import shutil
+    import sqlite3
+
+    shutil.copytree(src, dst)
+    old, new = str(src), str(dst)
+    for f in dst.rglob("*"):
+        if f.is_file() and f.suffix in (".yaml", ".json", ".csv", ".txt", "") and f.name != "mlflow.db":
+            try:
+                text = f.read_text()
+            except UnicodeDecodeError:
+                continue
+            if old in text:
+                f.write_text(text.replace(old, new))
+    db = sqlite3.connect(dst / "mlflow.db")
+    with db:
+        for (table,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall():
+            for col in db.execute(f"PRAGMA table_info('{table}')").fetchall():
+                if col[2].upper().startswith(("VARCHAR", "TEXT")):
+                    db.execute(f'UPDATE "{table}" SET "{col[1]}" = replace("{col[1]}", ?, ?)', (old, new))
+    db.close()
+    return dst
+
+
 @pytest.fixture
 def smoke_cfg(smoke_data: Path, tmp_path: Path) -> config.Config:
     """The real smoke config pointed at the session's dataset and a fresh run dir."""
@@ -136,7 +190,72 @@ _LONGEST_FIRST = ["test_bench_tasks", "test_bench_search", "test_faults_driver",
                   "test_tune", "test_distill", "test_finalize", "test_faults_finalize", "test_cluster",
                   "test_study_growth", "test_bench_scale", "test_faults", "test_search_options", "test_bench"]
 
+# The tiers. unit: the developer's loop (no Ray, no MLflow server, no subprocess, no full-dataset MTCNN);
+# integration: real local Ray and MLflow runs, kill-and-resume, the three-node cluster, the browser;
+# bench: the bench scripts' quick modes.
+TIERS = ("unit", "integration", "bench")
+# fixtures that start Ray or build a smoke study: a test that uses one (even through another fixture) is
+# at least an integration test
+_RAY_FIXTURES = {"ray_local", "smoke_final", "cluster"}
+
+
+def _tier(item) -> str:
+    """The test's tier: its own mark if it has one, else what the rule says from what it uses."""
+    marked = {m.name for m in item.iter_markers() if m.name in TIERS}
+    if len(marked) > 1:
+        raise pytest.UsageError(f"{item.nodeid}: marked {' and '.join(sorted(marked))}; a test has one tier")
+    if item.path.stem.startswith("test_bench") and "unit" not in marked:
+        implied = "bench"
+    elif _RAY_FIXTURES & set(item.fixturenames):
+        implied = "integration"
+    else:
+        implied = "unit"
+    tier = marked.pop() if marked else implied
+    if tier == "unit" and implied != "unit":
+        raise pytest.UsageError(f"{item.nodeid}: marked unit but {'is a bench quick mode' if implied == 'bench' else 'uses Ray'}"
+                                f"; mark it {implied}")
+    return tier
+
 
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = _tier(item)
+        if not item.get_closest_marker(tier):
+            item.add_marker(getattr(pytest.mark, tier))
     rank = {name: i for i, name in enumerate(_LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: each file keeps its own order
+
+
+class _UnitTierError(AssertionError):
+    pass
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_guard(request, monkeypatch):
+    """A unit test that starts a process (a subprocess, Ray, an MLflow server) fails and says where it belongs."""
+    if not request.node.get_closest_marker("unit"):
+        yield
+        return
+
+    def refuse(self, args, *a, **kw):
+        shown = args if isinstance(args, str) else " ".join(map(str, args))
+        raise _UnitTierError(f"a unit test starts no process, but this one ran `{shown[:120]}`: "
+                             f"mark it integration (or bench, for a bench quick mode)")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
+    from maskclf import faces
+
+    mtcnn, seen = faces.METHODS["mtcnn"], []
+
+    def counted(images, **kw):
+        seen.append(len(images))
+        if sum(seen) > _UNIT_MTCNN_PHOTOS:
+            raise _UnitTierError(f"a unit test runs MTCNN on a few photos, but this one sent it {sum(seen)}: use "
+                                 f"faces.method=center, or mark it integration")
+        return mtcnn(images, **kw)
+
+    monkeypatch.setitem(faces.METHODS, "mtcnn", counted)
+    yield
+
+
+_UNIT_MTCNN_PHOTOS = 64  # a whole smoke dataset (420 photos) is integration work

@@ -3,11 +3,9 @@
 import subprocess
 import sys
 
-import pytest
 
 from tests.conftest import ROOT
 
-pytestmark = pytest.mark.integration
 
 
 def test_scale_quick_mode_runs_and_records(smoke_cfg, tmp_path):

@@ -13,9 +13,9 @@ from tests.conftest import ROOT
 sys.path.insert(0, str(ROOT / "bench"))
 import tasks as bench_tasks  # noqa: E402
 
-pytestmark = pytest.mark.integration
 
 
+@pytest.mark.unit
 def test_epoch_shares_are_whole_add_up_and_give_each_task_one():
     assert bench_tasks.split(22) == {"mask": 4, "gender": 8, "age": 10}
     assert bench_tasks.split(8) == {"mask": 2, "gender": 3, "age": 3}

@@ -21,7 +21,6 @@ from search import finalize, tune
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import free_port, start_mlflow_server
 
-pytestmark = pytest.mark.integration
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and not os.environ.get("CI"):
     pytest.skip("no chromium here (.ci/run installs it)", allow_module_level=True)

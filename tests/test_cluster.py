@@ -20,7 +20,6 @@ from search import experiment
 from search import tune as tune_mod
 from tests.conftest import SMOKE
 
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

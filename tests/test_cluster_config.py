@@ -52,6 +52,7 @@ def test_local_cluster_runs_the_same_commands_as_cluster_yaml():
         assert local[key] == aws[key], key
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "cluster").glob("*.sh")))
 def test_cluster_scripts_parse(script):
     r = subprocess.run(["bash", "-n", str(ROOT / "cluster" / script)], capture_output=True, text=True)

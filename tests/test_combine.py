@@ -22,7 +22,6 @@ from search import combine, finalize, tune
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import SMOKE
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -75,6 +75,7 @@ def test_apply_dotted_values_copies():
     assert new.train.lr == 0.1 and new.model.head == "joint" and cfg.model.head == "multitask"
 
 
+@pytest.mark.integration
 def test_cli_config_error_is_one_line_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "maskclf.train", "--config", str(CONF / "smoke.yaml"),
                         "train.lrr=1", "train.epochs=x", f"run.dir={tmp_path}"], capture_output=True, text=True)
@@ -85,6 +86,7 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.integration
 def test_maskclf_imports_no_search_frameworks():
     code = ("import sys, maskclf.train, maskclf.engine, maskclf.dataset, maskclf.demo, maskclf.ensemble, maskclf.faces, maskclf.predict;"
             "bad = [m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
@@ -92,6 +94,7 @@ def test_maskclf_imports_no_search_frameworks():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+@pytest.mark.integration
 def test_importing_the_config_imports_neither_torch_nor_timm():
     code = ("import sys, maskclf.config; bad = [m for m in ('torch', 'timm') if m in sys.modules]; "
             "print(bad); sys.exit(bool(bad))")

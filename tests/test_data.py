@@ -122,6 +122,7 @@ def test_shipped_corrections_file_is_valid():
     assert {r["id"] for r in rows} >= {"006359", "006364", "001498-1", "004432", "000020", "004418", "005227"}
 
 
+@pytest.mark.integration
 def test_cli_layout_error_is_one_line_exit_2(layout, tmp_path):
     next((layout / "train/images/000001_female_Asian_45").glob("mask3.*")).unlink()
     (layout / "train/images/000002_male_Asian_22/normal.jpg").write_bytes(b"junk")

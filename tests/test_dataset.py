@@ -14,6 +14,7 @@ from maskclf.errors import InputError
 from tests.conftest import ROOT, SMOKE
 
 
+@pytest.mark.integration
 def test_demo_dataset_is_generated_on_first_use_then_cached(tmp_path):
     cfg = config.load(SMOKE, {"data.root": str(tmp_path / "demo"), "data.demo_people": 8,
                               "data.demo_eval_people": 2, "run.dir": str(tmp_path / "runs")})
@@ -30,6 +31,7 @@ def test_demo_dataset_is_generated_on_first_use_then_cached(tmp_path):
     np.testing.assert_array_equal(np.asarray(again.train_crops.images), np.asarray(prep.train_crops.images))
 
 
+@pytest.mark.integration
 def test_fold_samples_use_the_age_cutoff_only_for_training(tmp_path, smoke_cfg):
     cfg = config.apply(smoke_cfg, {"data.age_old": 50})
     prep = dataset.prepare(cfg, log=lambda s: None, progress=False)
@@ -67,6 +69,7 @@ def _train(args, **kw):
                           capture_output=True, text=True, cwd=ROOT, timeout=600, **kw)
 
 
+@pytest.mark.integration
 def test_train_cli_learns_and_resumes(smoke_cfg):
     common = [f"data.root={smoke_cfg.data.root}", f"run.dir={smoke_cfg.run.dir}",
               f"faces.cache_dir={smoke_cfg.faces.cache_dir}"]

@@ -143,6 +143,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
     (["--people", "ten"], "--people"),
     (["--bogus"], "--bogus"),
 ])
+@pytest.mark.integration
 def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, says):
     r = _cli("--out", str(tmp_path / "d"), *args)
     assert r.returncode == 2
@@ -151,6 +152,7 @@ def test_cli_bad_arguments_exit_2_with_one_line(tmp_path, args, says):
     assert not (tmp_path / "d").exists()
 
 
+@pytest.mark.integration
 def test_cli_writes_then_refuses(tmp_path):
     out = tmp_path / "d"
     r = _cli("--out", str(out), "--people", "1", "--eval-people", "1", "--seed", "3", "--quiet")
@@ -160,6 +162,7 @@ def test_cli_writes_then_refuses(tmp_path):
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "refusing" in r.stderr
 
 
+@pytest.mark.integration
 def test_the_earlier_command_name_still_writes_the_dataset(tmp_path):
     out = tmp_path / "d"
     r = subprocess.run([sys.executable, "-m", "maskclf.synth", "--out", str(out), "--people", "1", "--eval-people", "0",

@@ -1,8 +1,8 @@
 """Confident pseudo-labels (a finalize round) and search.distill on the smoke dataset, with a real local Ray,
 a real SQLite MLflow store and the student loaded from the registry in a fresh process.
 
-One 5-fold finalize (1 epoch a fold) is the teacher; the tests run in file order: a pseudo-label finalize on
-two folds, then the student of that one, then a second student and an interrupted third.
+The run's shared 5-fold finalize (2 epochs a fold), copied, is the teacher; the tests run in file order: a
+pseudo-label finalize on two folds, then the student of that one, then a second student and an interrupted third.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from maskclf.dataset import Prepared
 from maskclf.engine import Samples
 from search import distill, finalize
 from search.tracking import KIND_TAG, Tracker, tracking_uri
-from tests.conftest import ROOT, SMOKE
+from tests.conftest import ROOT, SMOKE, copy_run_dir
 
 P = [f"p{c}" for c in range(18)]
 
@@ -63,6 +63,7 @@ def test_the_threshold_is_the_lowest_whose_out_of_fold_predictions_are_precise_e
     assert len(pseudo.select(probs, None)[0]) == 0
 
 
+@pytest.mark.integration
 def test_distill_settings_are_checked_and_a_study_without_finalize_is_one_line_exit_2(tmp_path):
     with pytest.raises(Exception, match="distill.alpha must be in"):
         config.load(SMOKE, {"distill.alpha": 1.5, "distill.alias": "champion"})
@@ -74,12 +75,14 @@ def test_distill_settings_are_checked_and_a_study_without_finalize_is_one_line_e
 
 
 @pytest.fixture(scope="module")
-def teacher(ray_local, smoke_data, tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("distill") / "runs"
-    overrides = [f"data.root={smoke_data}", f"run.dir={run_dir}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
-    cfg = config.apply(config.load(SMOKE, overrides), {"train.epochs": 2})
-    m = finalize.run(cfg, log=print)
-    return SimpleNamespace(cfg=cfg, overrides=overrides, metrics=m, study=run_dir / "smoke", data=smoke_data)
+def teacher(ray_local, smoke_final, tmp_path_factory):
+    """The run's shared five-fold finalize of the smoke config (2 epochs), in a copy the tests below add to."""
+    run_dir = copy_run_dir(smoke_final.run_dir, tmp_path_factory.mktemp("distill") / "runs")
+    data = smoke_final.data
+    overrides = [f"data.root={data}", f"run.dir={run_dir}", f"faces.cache_dir={data.parent / 'cache'}"]
+    cfg = finalize.load_best(SMOKE, None, overrides)
+    m = json.loads((run_dir / "smoke" / "final" / "metrics.json").read_text())
+    return SimpleNamespace(cfg=cfg, overrides=overrides, metrics=m, study=run_dir / "smoke", data=data)
 
 
 def _answers(root: Path, ids) -> np.ndarray:

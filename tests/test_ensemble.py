@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import json
 
 import numpy as np
@@ -10,6 +11,7 @@ import pandas as pd
 from maskclf import config, dataset, engine, ensemble
 
 
+@pytest.mark.integration
 def test_two_fold_models_give_oof_scores_a_submission_and_the_error_files(smoke_cfg, tmp_path):
     cfg = config.apply(smoke_cfg, {"train.epochs": 1, "train.device": "cpu", "faces.device": "cpu"})
     prep = dataset.prepare(cfg, need_eval=True, log=lambda s: None, progress=False)

@@ -11,7 +11,6 @@ from maskclf import config
 from search import experiment
 from tests.conftest import SMOKE
 
-pytestmark = pytest.mark.integration
 
 
 def _steps(params: dict, *, marker: str) -> None:

@@ -20,7 +20,6 @@ from search import cluster, experiment
 from search import tune as tune_mod
 from tests.faults import ROOT, SMOKE, _args, _steps, _tracker
 
-pytestmark = pytest.mark.integration
 
 
 def _hang_after_epoch_2(pid_file: Path):
@@ -104,6 +103,7 @@ def test_trials_that_cannot_work_end_as_errors_and_the_search_goes_on(ray_local,
     assert config.load(Path(cfg.run.dir) / "doomed" / "best_config.yaml").train.lr == 1e-2
 
 
+@pytest.mark.integration
 def test_a_finished_study_is_never_reused_with_another_config(smoke_cfg, tmp_path):
     study = Path(smoke_cfg.run.dir) / "taken"
     study.mkdir(parents=True)

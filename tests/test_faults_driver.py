@@ -19,6 +19,7 @@ from maskclf import config
 from tests.conftest import free_port, start_mlflow_server
 from tests.faults import ROOT, SMOKE, _args, _check_optuna_matches, _kill_when, _start, _steps, _tracker
 
+
 pytestmark = pytest.mark.integration
 
 

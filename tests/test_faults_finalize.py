@@ -15,6 +15,7 @@ import pytest
 from maskclf import config
 from tests.faults import ROOT, SMOKE, _args, _kill_when, _start
 
+
 pytestmark = pytest.mark.integration
 
 

@@ -1,7 +1,7 @@
 """search.finalize on the smoke dataset with a real local Ray and a real SQLite MLflow store.
 
-One finalize of five folds (2 epochs each) is shared by the tests below, which run in file
-order: the interruption test leaves the study finished again for the final-2 test.
+The run's shared finalize of five folds (2 epochs each), copied, is continued by the tests below, which run in
+file order: the interruption test leaves the study finished again for the final-2 test.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,29 +21,25 @@ from maskclf import config, ensemble
 from maskclf.errors import InputError
 from search import finalize
 from search.tracking import Tracker, tracking_uri
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, copy_run_dir
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 METRIC_KEYS = {"oof_f1", "fold_f1", "per_class_f1", "mask_acc", "gender_acc", "age_acc", "eval_f1",
                "eval_f1_folds", "eval_f1_fold_mean"}
 
 
 @pytest.fixture(scope="module")
-def study(ray_local, smoke_data, tmp_path_factory):
-    """A best_config.yaml as search.tune writes it (the smoke config, 2 epochs), finalized once."""
-    run_dir = tmp_path_factory.mktemp("finalize") / "runs"
-    overrides = [f"data.root={smoke_data}", f"run.dir={run_dir}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
-    best = config.apply(config.load(SMOKE, overrides), {"train.epochs": 2})
-    assert best.folds.n == 5
-    config.save(best, run_dir / "smoke" / "best_config.yaml")
+def study(ray_local, smoke_final, tmp_path_factory):
+    """The run's shared finalize of a best_config.yaml as search.tune writes it (the smoke config, 2 epochs), in a
+    copy of its own: the tests below continue it and finalize it again."""
+    run_dir = copy_run_dir(smoke_final.run_dir, tmp_path_factory.mktemp("finalize") / "runs")
+    data = smoke_final.data
+    overrides = [f"data.root={data}", f"run.dir={run_dir}", f"faces.cache_dir={data.parent / 'cache'}"]
     cfg = finalize.load_best(SMOKE, None, overrides)  # found at <run.dir>/<study>/best_config.yaml
-    lines: list[str] = []
-    t0 = time.time()
-    metrics = finalize.run(cfg, log=lines.append)
-    print(f"first finalize: {time.time() - t0:.1f} s", file=sys.stderr)
-    return SimpleNamespace(cfg=cfg, overrides=overrides, metrics=metrics, lines=lines, data=smoke_data,
-                           final=run_dir / "smoke" / "final", best=run_dir / "smoke" / "best_config.yaml")
+    assert cfg.folds.n == 5
+    final = run_dir / "smoke" / "final"
+    return SimpleNamespace(cfg=cfg, overrides=overrides, metrics=json.loads((final / "metrics.json").read_text()),
+                           lines=smoke_final.lines, data=data, final=final, best=run_dir / "smoke" / "best_config.yaml")
 
 
 def _tracker(cfg) -> Tracker:
@@ -178,6 +173,7 @@ def test_a_cluster_without_gpus_is_refused_before_anything_is_written(study, cap
     assert not (study.final.parent.parent / "gpu" / "final").exists()
 
 
+@pytest.mark.integration
 def test_missing_best_config_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "search.finalize", "--config", str(SMOKE), f"run.dir={tmp_path}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -34,6 +34,7 @@ def test_unknown_sampler_and_scheduler_list_the_valid_names():
     assert "(closest: fifo); choose from [asha, fifo]" in msg
 
 
+@pytest.mark.integration
 def test_bad_search_option_on_the_command_line_exits_2(tmp_path):
     r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(SMOKE), f"run.dir={tmp_path}",
                         "search.scheduler=median"], cwd=ROOT, capture_output=True, text=True, timeout=120)

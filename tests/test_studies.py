@@ -106,6 +106,7 @@ with study.driver_lock(cfg, "python -m search.tune"):
 """
 
 
+@pytest.mark.integration
 def test_one_driver_per_study_and_a_killed_drivers_lock_is_taken_over(tmp_path):
     cfg = _cfg(tmp_path)
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(SMOKE), cfg.run.dir], cwd=ROOT,

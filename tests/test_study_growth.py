@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 
 from maskclf import config
 from search import optuna_study
@@ -13,7 +12,6 @@ from search import tune as tune_mod
 from search.tracking import Tracker, tracking_uri
 from tests.faults import _check_optuna_matches, _optuna_trials, _steps
 
-pytestmark = pytest.mark.integration
 
 
 def test_extend_a_finished_study_then_warm_start_a_new_one_from_it(ray_local, smoke_cfg, capsys):

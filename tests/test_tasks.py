@@ -83,6 +83,7 @@ def test_unknown_task_is_a_config_error_and_task_studies_leave_out_what_they_ign
     assert lines[-1] == "search.space: model.head, data.age_old left out (no effect on a mask model)"
 
 
+@pytest.mark.integration
 def test_age_training_labels_use_the_cut_off_and_validation_the_real_bands(smoke_cfg):
     cfg = config.apply(smoke_cfg, {"model.task": "age", "data.age_old": 45})
     prep = dataset.prepare(cfg, log=lambda s: None, progress=False)
@@ -94,6 +95,7 @@ def test_age_training_labels_use_the_cut_off_and_validation_the_real_bands(smoke
                                                       "age") == 2).sum()  # 45 moves people into the top band
 
 
+@pytest.mark.integration
 def test_gender_fold_models_give_a_two_column_ensemble_without_a_submission(smoke_cfg, tmp_path):
     cfg = config.apply(smoke_cfg, {"model.task": "gender", "train.epochs": 1, "train.device": "cpu",
                                    "faces.device": "cpu", "train.loss": "soft_f1", "train.sampler": "weighted"})

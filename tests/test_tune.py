@@ -19,7 +19,6 @@ from search.tracking import Tracker, tracking_uri
 from tests.conftest import SMOKE
 from tests.faults import _check_optuna_matches
 
-pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -134,6 +133,7 @@ def test_trial_that_raises_once_resumes_from_its_checkpoint(ray_local, smoke_cfg
     assert _history(tracker, trials[0].info.run_id) == [1, 2, 3]  # epoch 1 and 2 were not trained again
 
 
+@pytest.mark.integration
 def test_interrupted_study_resumes_without_duplicates(smoke_cfg):
     args = [sys.executable, "-m", "search.tune", "--config", str(ROOT / "conf" / "smoke.yaml"),
             f"data.root={smoke_cfg.data.root}", f"run.dir={smoke_cfg.run.dir}",
@@ -178,6 +178,7 @@ def test_interrupted_study_resumes_without_duplicates(smoke_cfg):
     _check_optuna_matches(cfg, planned=3)
 
 
+@pytest.mark.integration
 def test_bad_tracking_uri_fails_fast_before_ray(smoke_cfg, tmp_path):
     t0 = time.time()
     r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(ROOT / "conf" / "smoke.yaml"),
@@ -220,6 +221,7 @@ def test_relative_pretrained_file_means_the_same_file_in_every_trial(ray_local, 
     assert best.model.pretrained_file == str(tmp_path / "weights" / "test_resnet.pth")
 
 
+@pytest.mark.integration
 def test_a_study_whose_every_trial_fails_ends_with_one_line(smoke_cfg, tmp_path):
     r = subprocess.run([sys.executable, "-m", "search.tune", "--config", str(SMOKE),
                         f"data.root={smoke_cfg.data.root}", f"faces.cache_dir={smoke_cfg.faces.cache_dir}",
