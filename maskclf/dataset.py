@@ -15,7 +15,8 @@ import pandas as pd
 from maskclf import config as config_mod
 from maskclf import data, faces, folds, tasks
 from maskclf.config import Config
-from maskclf.engine import Samples, resolve_device
+from maskclf.engine import resolve_device
+from maskclf.samples import Rows, Samples
 from maskclf.errors import InputError
 
 
@@ -50,8 +51,9 @@ class Prepared:
         return out
 
     def samples(self, rows: np.ndarray, age_old: int = 60, task: str = "all") -> Samples:
-        """Crops and labels of train rows; ``age_old`` only for training labels."""
-        return Samples(np.asarray(self.train_crops.images[rows]), self.labels(rows, task, age_old))
+        """Crops and labels of train rows (the crops as :class:`Rows` of the shared array, never a copy);
+        ``age_old`` only for training labels."""
+        return Samples(Rows((self.train_crops.images, rows)), self.labels(rows, task, age_old))
 
     def fold(self, cfg: Config, fold: int | None = None) -> tuple[Samples, Samples]:
         """(train, val) samples of a fold, labelled for ``model.task``: training labels use data.age_old,
@@ -65,7 +67,7 @@ class Prepared:
             x = self.extra
             if (train.soft is None) != (x.soft is None):
                 raise ValueError("soft targets must be given for both the train rows and the extra samples, or neither")
-            train = Samples(np.concatenate([train.images, np.asarray(x.images)]),
+            train = Samples(train.images + x.images,
                             np.concatenate([train.labels, x.labels]),
                             None if x.soft is None else np.concatenate([train.soft, x.soft]))
         return train, self.samples(va, task=cfg.model.task)

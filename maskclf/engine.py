@@ -25,35 +25,27 @@ from maskclf import config as config_mod
 from maskclf import losses, metrics, optim, sampling, tasks, transforms
 from maskclf import model as model_mod
 from maskclf.config import Config
+from maskclf.samples import Samples
 
 STATE_FILE = "state.pt"
 Report = Callable[[dict, Path], None]
 
 
-@dataclass
-class Samples:
-    """Face crops (N x S x S x 3 uint8) and their labels (of the model's task: 18 classes, or mask / gender / age);
-    ``soft``: a teacher's probabilities (N x classes) to distill, for training samples."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    soft: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
 class CropDataset(Dataset):
-    """(crop, label), or (crop, label, soft target) when ``soft`` is given."""
+    """(crop, label), or (crop, label, soft target) when ``soft`` is given; ``flip``: each crop mirrored left-right
+    (test-time augmentation), one at a time, never a mirrored copy of them all."""
 
-    def __init__(self, images: np.ndarray, labels: np.ndarray, transform, soft: np.ndarray | None = None):
-        self.images, self.labels, self.transform, self.soft = images, labels, transform, soft
+    def __init__(self, images, labels: np.ndarray, transform, soft: np.ndarray | None = None, flip: bool = False):
+        self.images, self.labels, self.transform, self.soft, self.flip = images, labels, transform, soft, flip
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __getitem__(self, i: int):
-        x = self.transform(image=np.asarray(self.images[i]))["image"]
+        crop = np.asarray(self.images[i])
+        if self.flip:
+            crop = np.ascontiguousarray(crop[:, ::-1])
+        x = self.transform(image=crop)["image"]
         if self.soft is None:
             return x, int(self.labels[i])
         return x, int(self.labels[i]), torch.from_numpy(np.asarray(self.soft[i], dtype=np.float32))
@@ -68,10 +60,10 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_loader(samples: Samples, tf, batch_size: int, workers: int = 0, sampler=None,
-                shuffle: bool = False) -> DataLoader:
-    """The DataLoader that training and evaluation use over in-memory face crops."""
+                shuffle: bool = False, flip: bool = False) -> DataLoader:
+    """The DataLoader that training and evaluation use over face crops (an array or rows of a shared one)."""
     return DataLoader(
-        CropDataset(samples.images, samples.labels, tf, samples.soft),
+        CropDataset(samples.images, samples.labels, tf, samples.soft, flip),
         batch_size=batch_size,
         shuffle=shuffle and sampler is None,
         sampler=sampler,

@@ -13,6 +13,7 @@ import numpy as np
 
 from maskclf.config import Config
 from maskclf.labels import AGE_NAMES as AGE_BANDS
+from maskclf.samples import Rows
 
 ANALYSIS_FILES = ("per_class_f1.png", "errors.png", "errors.csv")
 OUTPUT_FILES = ("submission.csv", "eval_probs.csv", "oof.csv", "confusion_matrix.png", *ANALYSIS_FILES)
@@ -33,7 +34,7 @@ def fold_results(cfg: Config, prep, ckpts: dict[int, Path]) -> dict[int, dict]:
     for k in sorted(ckpts):
         rows = folds.split(prep.train, k, cfg.folds.n, cfg.folds.seed)[1]
         net, ck_cfg = engine.load_model(ckpts[k], device)
-        probs = predict.model_probs(net, ck_cfg, prep.train_crops.images[rows], tta=cfg.finalize.tta,
+        probs = predict.model_probs(net, ck_cfg, Rows((prep.train_crops.images, rows)), tta=cfg.finalize.tta,
                                     batch_size=cfg.train.batch_size * 2, device=device)
         results[k] = {"probs": probs, "history": engine.load_state(ckpts[k])["history"], "ckpt": ckpts[k],
                       "f1": metrics.macro_f1(prep.labels(rows, cfg.model.task), probs.argmax(1))}

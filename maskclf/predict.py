@@ -29,9 +29,10 @@ def load_ensemble(checkpoint_dirs: Sequence[str | Path], device: str = "cpu") ->
     return [engine.load_model(d, device) for d in checkpoint_dirs]
 
 
-def model_probs(net: model_mod.MaskNet, cfg: Config, crops: np.ndarray, *, tta: bool = True,
+def model_probs(net: model_mod.MaskNet, cfg: Config, crops, *, tta: bool = True,
                 batch_size: int = 128, device: str | torch.device = "cpu") -> np.ndarray:
-    """Softmax probabilities (N x the model's classes) of one model on N x S x S x 3 uint8 face crops.
+    """Softmax probabilities (N x the model's classes) of one model on N x S x S x 3 uint8 face crops (an array,
+    or :class:`~maskclf.samples.Rows` of a shared one), read batch by batch.
 
     With ``tta`` the crop and its mirror image are both scored and averaged: faces are
     left-right symmetric for every label, and training already flips them.
@@ -39,15 +40,14 @@ def model_probs(net: model_mod.MaskNet, cfg: Config, crops: np.ndarray, *, tta: 
     device = engine.resolve_device(str(device))
     net = net.to(device).eval()
     tf = transforms.build("none", size=cfg.train.image_size, train=False)
-    crops = np.asarray(crops)
+    samples = engine.Samples(crops, np.zeros(len(crops), np.int64))
 
-    def run(images: np.ndarray) -> np.ndarray:
-        loader = engine.make_loader(engine.Samples(images, np.zeros(len(images), np.int64)), tf, batch_size)
-        return engine.predict_probs(net, loader, device, cfg.train.amp)
+    def run(flip: bool) -> np.ndarray:
+        return engine.predict_probs(net, engine.make_loader(samples, tf, batch_size, flip=flip), device, cfg.train.amp)
 
-    probs = run(crops)
+    probs = run(False)
     if tta and len(crops):
-        probs = (probs + run(np.ascontiguousarray(crops[:, :, ::-1]))) / 2
+        probs = (probs + run(True)) / 2
     return probs
 
 

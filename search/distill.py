@@ -26,6 +26,7 @@ import numpy as np
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError, cli
+from maskclf.samples import Rows
 from search import finalize as fin
 from search.experiment import epochs_done, study_dir
 from search.tracking import Tracker, trial_params, tracking_uri
@@ -128,7 +129,7 @@ def _scores(cfg: Config, prep, ckpt: Path, source: Path, out: Path, log: Callabl
     k = cfg.distill.fold
     rows = folds.split(prep.train, k, cfg.folds.n, cfg.folds.seed)[1]
     labels = prep.labels(rows, cfg.model.task)
-    val = predict.model_probs(net, ck_cfg, prep.train_crops.images[rows], tta=False,
+    val = predict.model_probs(net, ck_cfg, Rows((prep.train_crops.images, rows)), tta=False,
                               batch_size=cfg.train.batch_size * 2, device=device)
     predict.oof_table(prep.train, rows, np.full(len(rows), k), val, labels).to_csv(out / "oof.csv", index=False)
     log(f"student: predicting {len(prep.eval)} eval images (one model, no flip TTA)")

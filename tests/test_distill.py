@@ -41,7 +41,7 @@ def test_eval_images_join_every_training_set_and_never_a_validation_fold(smoke_d
     for k in range(cfg.folds.n):
         tr, va = prep.fold(cfg, k)
         assert (tr.images[-5:] == -1).all() and (tr.labels[-5:] == np.arange(5)).all()
-        assert (va.images >= 0).all() and va.soft is None  # a validation fold holds train rows only
+        assert (np.asarray(va.images) >= 0).all() and va.soft is None  # a validation fold holds train rows only
         assert sorted(np.concatenate([tr.images[:-5], va.images]).ravel()) == list(range(n))
         assert tr.soft.shape == (len(tr), 18)
         assert np.allclose(tr.soft[:-5].sum(1), 0.5) and np.allclose(tr.soft[-5:].sum(1), 1)
