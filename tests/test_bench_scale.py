@@ -7,7 +7,6 @@ import sys
 from tests.conftest import ROOT
 
 
-
 def test_scale_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     results, plot = tmp_path / "RESULTS.md", tmp_path / "scale.png"
     r = subprocess.run([sys.executable, "bench/scale.py", "--quick", "--results", str(results), "--plot", str(plot),

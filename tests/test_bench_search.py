@@ -14,7 +14,6 @@ import pytest
 from tests.conftest import ROOT
 
 
-
 QUICK_EPOCHS = 3  # half the smoke config's: these runs check that the script works, not its figures
 
 

@@ -14,7 +14,6 @@ sys.path.insert(0, str(ROOT / "bench"))
 import tasks as bench_tasks  # noqa: E402
 
 
-
 @pytest.mark.unit
 def test_epoch_shares_are_whole_add_up_and_give_each_task_one():
     assert bench_tasks.split(22) == {"mask": 4, "gender": 8, "age": 10}

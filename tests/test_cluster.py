@@ -21,14 +21,18 @@ from search import tune as tune_mod
 from tests.conftest import SMOKE
 
 
-
 @pytest.fixture(scope="module")
 def cluster():
     """A head (the driver's node, no CPUs: like a cluster's head) and two one-CPU worker nodes."""
     import ray
     from ray.cluster_utils import Cluster
 
+    from ray._common.utils import reset_ray_address
+
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    # Cluster records its address as `ray start` does: the commands other tests run with no address set
+    # would join it (and a bare ray.init() would try it after it is gone)
+    reset_ray_address()
     for _ in range(2):
         c.add_node(num_cpus=1)
     c.wait_for_nodes()

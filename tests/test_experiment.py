@@ -12,7 +12,6 @@ from search import experiment
 from tests.conftest import SMOKE
 
 
-
 def _steps(params: dict, *, marker: str) -> None:
     """Three reported steps; the trial with x=2 fails at its second step while ``marker`` exists."""
     from ray import tune

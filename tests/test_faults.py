@@ -21,7 +21,6 @@ from search import tune as tune_mod
 from tests.faults import ROOT, SMOKE, _args, _steps, _tracker
 
 
-
 def _hang_after_epoch_2(pid_file: Path):
     """The product's trainable, except that its first attempt stops after epoch 2 and waits to be killed."""
     def trainable(params, **kw):

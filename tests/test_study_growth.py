@@ -13,7 +13,6 @@ from search.tracking import Tracker, tracking_uri
 from tests.faults import _check_optuna_matches, _optuna_trials, _steps
 
 
-
 def test_extend_a_finished_study_then_warm_start_a_new_one_from_it(ray_local, smoke_cfg, capsys):
     cfg = config.apply(smoke_cfg, {"train.epochs": 2, "search.grace_period": 1})
     tune_mod.run(cfg)
