@@ -188,7 +188,8 @@ def start_mlflow_server(backend_uri: str, port: int, artifacts: Path | None = No
 # (--dist loadfile), a long file started last would leave the other workers idle while it finishes.
 _LONGEST_FIRST = ["test_bench_tasks", "test_bench_search", "test_faults_driver", "test_browser", "test_combine",
                   "test_tune", "test_distill", "test_finalize", "test_faults_finalize", "test_cluster",
-                  "test_study_growth", "test_bench_scale", "test_faults", "test_search_options", "test_bench"]
+                  "test_side_by_side", "test_study_growth", "test_bench_real_scale", "test_bench_scale",
+                  "test_faults", "test_search_options", "test_bench"]
 
 # The tiers. unit: the developer's loop (no Ray, no MLflow server, no subprocess, no full-dataset MTCNN);
 # integration: real local Ray and MLflow runs, kill-and-resume, the three-node cluster, the browser;
@@ -212,8 +213,8 @@ def _tier(item) -> str:
         implied = "unit"
     tier = marked.pop() if marked else implied
     if tier == "unit" and implied != "unit":
-        raise pytest.UsageError(f"{item.nodeid}: marked unit but {'is a bench quick mode' if implied == 'bench' else 'uses Ray'}"
-                                f"; mark it {implied}")
+        why = "is a bench quick mode" if implied == "bench" else "uses Ray"
+        raise pytest.UsageError(f"{item.nodeid}: marked unit but {why}; mark it {implied}")
     return tier
 
 

@@ -56,7 +56,6 @@ def test_inference_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     assert table.count("| ensemble of 5 | 64 |") == 1 and table.count("| single model | 64 |") == 1
 
 
-@pytest.mark.integration
 def test_overhead_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     results = tmp_path / "RESULTS.md"
     r = _quick("overhead.py", smoke_cfg, results, timeout=600)
