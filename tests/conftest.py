@@ -88,9 +88,10 @@ def smoke_data(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def smoke_final(smoke_data, tmp_path_factory):
-    """A finished five-fold finalize of the smoke config (2 epochs a fold), shared by every test of the run that
-    only reads one: ``python -m search.finalize`` in a Ray of its own, built by the first worker to get here while
-    the others wait. Tests that write to a study work on a copy (:func:`copy_run_dir`)."""
+    """A finished smoke study shared by every test of the run that only reads one: ``python -m search.tune`` (2
+    trials of 2 epochs), then ``python -m search.finalize`` of its best configuration on the five folds, each in a
+    Ray of its own, built by the first worker to get here while the others wait. Tests that write to the study work
+    on a copy (:func:`copy_run_dir`)."""
     import fcntl
     from types import SimpleNamespace
 
@@ -98,21 +99,51 @@ def smoke_final(smoke_data, tmp_path_factory):
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     run_dir = shared / "smoke-final" / "runs"
     overrides = [f"data.root={smoke_data}", f"run.dir={run_dir}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
-    log = run_dir.parent / "finalize.log"
+    logs = {step: run_dir.parent / f"{step}.log" for step in ("tune", "finalize")}
     with open(shared / "smoke-final.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (run_dir.parent / "complete").is_file():
-            config.save(config.apply(config.load(SMOKE, overrides), {"train.epochs": 2}),
-                        run_dir / "smoke" / "best_config.yaml")
             t0 = time.time()
-            r = subprocess.run([sys.executable, "-m", "search.finalize", "--config", str(SMOKE), *overrides],
-                               cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True, text=True,
-                               timeout=900)
-            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-            log.write_text(r.stdout)
-            print(f"shared smoke finalize: {time.time() - t0:.1f} s", file=sys.stderr)
+            for step, extra in (("tune", ["train.epochs=2", "search.grace_period=2"]), ("finalize", [])):
+                r = subprocess.run([sys.executable, "-m", f"search.{step}", "--config", str(SMOKE), *overrides, *extra],
+                                   cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True,
+                                   text=True, timeout=900)
+                assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+                logs[step].write_text(r.stdout)
+            print(f"shared smoke study and finalize: {time.time() - t0:.1f} s", file=sys.stderr)
             (run_dir.parent / "complete").touch()
-    return SimpleNamespace(run_dir=run_dir, overrides=overrides, data=smoke_data, lines=log.read_text().splitlines())
+    return SimpleNamespace(run_dir=run_dir, overrides=overrides, data=smoke_data,
+                           tune_lines=logs["tune"].read_text().splitlines(),
+                           lines=logs["finalize"].read_text().splitlines())
+
+
+@pytest.fixture(scope="session")
+def tasks_quick(smoke_data, tmp_path_factory):
+    """``bench/tasks.py --quick`` run once for the whole test run: an 18-way study and mask, gender and age studies
+    (one 1-epoch trial each), each finalized on folds 0 and 1, and ``search.combine`` of the three task studies.
+    Its bench test and the combine tests read it; tests that write to it work on a copy (:func:`copy_run_dir`)."""
+    import fcntl
+    from types import SimpleNamespace
+
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    home = shared / "tasks-quick"
+    run_dir, results = home / "runs", home / "RESULTS.md"
+    overrides = [f"data.root={smoke_data}", f"run.dir={run_dir}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
+    cmd = [sys.executable, "bench/tasks.py", "--quick", "--results", str(results), *overrides]
+    home.mkdir(exist_ok=True)
+    with open(shared / "tasks-quick.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (home / "complete").is_file():
+            t0 = time.time()
+            r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True,
+                               text=True, timeout=900)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            (home / "stdout.log").write_text(r.stdout)
+            print(f"shared bench/tasks.py --quick: {time.time() - t0:.1f} s", file=sys.stderr)
+            (home / "complete").touch()
+    return SimpleNamespace(run_dir=run_dir, overrides=overrides, data=smoke_data, results=results, cmd=cmd,
+                           stdout=(home / "stdout.log").read_text())
 
 
 def copy_run_dir(src: Path, dst: Path) -> Path:
@@ -184,20 +215,22 @@ def start_mlflow_server(backend_uri: str, port: int, artifacts: Path | None = No
             time.sleep(0.5)
 
 
-# The longest test files first (minutes each on 2 cores, from CI's --durations): with one file per worker
-# (--dist loadfile), a long file started last would leave the other workers idle while it finishes.
-_LONGEST_FIRST = ["test_bench_tasks", "test_bench_search", "test_faults_driver", "test_browser", "test_combine",
-                  "test_tune", "test_distill", "test_finalize", "test_faults_finalize", "test_cluster",
-                  "test_side_by_side", "test_study_growth", "test_bench_real_scale", "test_bench_scale",
-                  "test_faults", "test_search_options", "test_bench"]
+# The order test files start in (pytest's own order is kept: see --no-loadscope-reorder in pyproject.toml). With
+# one file per worker (--dist loadfile), a long file started last would leave the other workers idle while it
+# finishes, so the longest go first: the two that build the run's shared studies (tasks_quick, smoke_final), then
+# long ones that need neither, then the readers of the shared studies, which find them built by then.
+_LONGEST_FIRST = ["test_bench_tasks", "test_finalize", "test_faults_driver", "test_bench_real_scale",
+                  "test_faults_finalize", "test_bench_search", "test_tune", "test_browser", "test_cluster",
+                  "test_combine", "test_distill", "test_side_by_side", "test_search_options", "test_bench_scale",
+                  "test_faults", "test_bench", "test_study_growth", "test_dataset", "test_curves"]
 
 # The tiers. unit: the developer's loop (no Ray, no MLflow server, no subprocess, no full-dataset MTCNN);
 # integration: real local Ray and MLflow runs, kill-and-resume, the three-node cluster, the browser;
 # bench: the bench scripts' quick modes.
 TIERS = ("unit", "integration", "bench")
-# fixtures that start Ray or build a smoke study: a test that uses one (even through another fixture) is
+# fixtures that start Ray or build smoke studies: a test that uses one (even through another fixture) is
 # at least an integration test
-_RAY_FIXTURES = {"ray_local", "smoke_final", "cluster"}
+_RAY_FIXTURES = {"ray_local", "smoke_final", "tasks_quick", "cluster"}
 
 
 def _tier(item) -> str:

@@ -17,9 +17,8 @@ import pytest
 from PIL import Image
 
 from maskclf import config
-from search import finalize, tune
 from search.tracking import Tracker, tracking_uri
-from tests.conftest import free_port, start_mlflow_server
+from tests.conftest import SMOKE, copy_run_dir, free_port, start_mlflow_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None and not os.environ.get("CI"):
@@ -27,10 +26,17 @@ if CHROMIUM is None and not os.environ.get("CI"):
 
 
 @pytest.fixture
-def ui(smoke_cfg):
+def finished(smoke_final, tmp_path):
+    """A copy of the run's shared smoke study: a search of 2 trials and a five-fold finalize of its best."""
+    run_dir = copy_run_dir(smoke_final.run_dir, tmp_path / "runs")
+    return config.load(SMOKE, [*smoke_final.overrides, f"run.dir={run_dir}"])
+
+
+@pytest.fixture
+def ui(finished):
     """``mlflow server`` on loopback over the run dir's store; its whole process group is stopped after."""
     port = free_port()
-    proc = start_mlflow_server(tracking_uri(smoke_cfg), port)
+    proc = start_mlflow_server(tracking_uri(finished), port)
     yield f"http://127.0.0.1:{port}"
     os.killpg(proc.pid, signal.SIGKILL)
 
@@ -79,13 +85,9 @@ def _optuna_dashboard(cfg, tmp_path: Path) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_mlflow_ui_lists_search_trials_and_finalize(ray_local, smoke_cfg, ui, tmp_path):
+def test_mlflow_ui_lists_search_trials_and_finalize(finished, ui, tmp_path):
     assert CHROMIUM, "chromium is not installed: .ci/run installs Debian's package"
-    cfg = config.apply(smoke_cfg, {"train.epochs": 2, "search.grace_period": 2})
-    tune.run(cfg)
-    finalize.run(finalize.load_best(None, Path(cfg.run.dir) / "smoke" / "best_config.yaml",
-                                    [f"run.dir={cfg.run.dir}", f"data.root={cfg.data.root}",
-                                     f"faces.cache_dir={cfg.faces.cache_dir}"]))
+    cfg = finished
     tracker = Tracker(tracking_uri(cfg), "smoke")
     trial = tracker.find("trial")[0]
     expected_runs = 1 + 2 + 1 + 5  # search, its trials, finalize, its folds

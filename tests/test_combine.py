@@ -1,6 +1,7 @@
-"""Task studies end to end on the smoke dataset, with a real local Ray and a real SQLite MLflow store: an age
-study searched and finalized, mask and gender ensembles finalized, and ``python -m search.combine`` joining
-the three into 18 classes (files, MLflow run, registered model in a fresh process, refusals)."""
+"""Task studies end to end on the smoke dataset, through the real commands with a real local Ray and a real SQLite
+MLflow store (``bench/tasks.py --quick``, run once per test run): mask, gender and age studies searched and
+finalized, and ``python -m search.combine`` joining the three into 18 classes (files, MLflow run, registered model
+in a fresh process, refusals)."""
 
 from __future__ import annotations
 
@@ -18,31 +19,27 @@ import pytest
 import yaml
 
 from maskclf import config, data, labels, metrics, tasks
-from search import combine, finalize, tune
+from search import combine
 from search.tracking import Tracker, tracking_uri
-from tests.conftest import SMOKE
+from tests.conftest import SMOKE, copy_run_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def studies(ray_local, smoke_data, tmp_path_factory):
-    """An age study (2 trials of 2 epochs, finalized on folds 0 and 1 for 1 epoch), and mask and gender
-    ensembles of the smoke config on the same folds."""
-    run_dir = tmp_path_factory.mktemp("tasks") / "runs"
-    overrides = [f"data.root={smoke_data}", f"run.dir={run_dir}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
+def studies(tasks_quick, tmp_path_factory):
+    """A copy of the run's ``bench/tasks.py --quick``: an 18-way study ``all`` and mask, gender and age studies
+    (one trial each), each finalized on folds 0 and 1, and ``python -m search.combine mask=mask gender=gender
+    age=age`` of the three, as that benchmark runs it."""
+    run_dir = copy_run_dir(tasks_quick.run_dir, tmp_path_factory.mktemp("tasks") / "runs")
+    overrides = [*(o for o in tasks_quick.overrides if not o.startswith("run.dir=")), f"run.dir={run_dir}"]
     base = config.load(SMOKE, overrides)
-    lines: list[str] = []
-    age = config.apply(base, {"model.task": "age", "run.study": "age", "train.epochs": 2, "search.grace_period": 1})
-    table = tune.run(age, log=lines.append)
-    quick = ["finalize.folds=0,1", "finalize.epochs=1"]
-    finals = {"age": finalize.run(finalize.load_best(SMOKE, None, [*overrides, "run.study=age", *quick]),
-                                  log=lines.append)}
-    for task in ("mask", "gender"):
-        cfg = config.apply(base, {"model.task": task, "run.study": task, "finalize.folds": "0,1", "train.epochs": 1})
-        finals[task] = finalize.run(cfg, log=lines.append)
-    return SimpleNamespace(run_dir=run_dir, overrides=overrides, table=table, finals=finals, lines=lines,
-                           data=smoke_data, cfg=base)
+    table = pd.read_csv(run_dir / "age" / "trials.csv")
+    finals = {task: json.loads((run_dir / task / "final" / "metrics.json").read_text())
+              for task in ("mask", "gender", "age")}
+    return SimpleNamespace(run_dir=run_dir, overrides=overrides, table=table, finals=finals,
+                           lines=tasks_quick.stdout.splitlines(), stdout=tasks_quick.stdout, data=tasks_quick.data,
+                           cfg=base)
 
 
 def _combine(studies, *items: str) -> subprocess.CompletedProcess:
@@ -52,19 +49,18 @@ def _combine(studies, *items: str) -> subprocess.CompletedProcess:
 
 def test_an_age_study_searches_and_finalizes_its_own_task(studies):
     run_dir = studies.run_dir
-    assert len(studies.table) == 2 and studies.table["best_val_f1"].between(0, 1).all()
+    assert len(studies.table) == 1 and studies.table["best_val_f1"].between(0, 1).all()
     best = config.load(run_dir / "age" / "best_config.yaml")
     assert best.model.task == "age"
     tracker = Tracker(tracking_uri(studies.cfg), "age")
     names = sorted(r.info.run_name for r in tracker.find("trial"))
-    assert len(names) == 2 and all(n.split(" ", 2)[1:2] == ["age"] for n in names), names  # "#1 age · test_..."
+    assert len(names) == 1 and all(n.split(" ", 2)[1:2] == ["age"] for n in names), names  # "#1 age · test_..."
     trial = tracker.find("trial")[0]
     assert trial.data.params["task"] == "age" and {"val_f1", "age_acc", "f1_lt30", "f1_30_59"} <= set(trial.data.metrics)
 
-    m = studies.finals["age"]
     final = run_dir / "age" / "final"
-    saved = json.loads((final / "metrics.json").read_text())
-    assert saved["task"] == "age" and saved["folds"] == [0, 1] and m["oof_f1"] == pytest.approx(saved["oof_f1"])
+    saved = studies.finals["age"]
+    assert saved["task"] == "age" and saved["folds"] == [0, 1]
     assert list(saved["per_class_f1"]) == ["<30", "30-59", ">=60"] and set(saved["band_f1"]) == {"<30", "30-59", ">=60"}
     assert "eval_f1" in saved and "mask_acc" not in saved
     oof = pd.read_csv(final / "oof.csv")
@@ -73,12 +69,13 @@ def test_an_age_study_searches_and_finalizes_its_own_task(studies):
     assert list(pd.read_csv(final / "eval_probs.csv").columns) == ["ImageID", "p0", "p1", "p2"]
     assert not (final / "submission.csv").exists()
     parent = Tracker(tracking_uri(studies.cfg), "age").find("finalize")[0]
+    assert parent.data.metrics["oof_f1"] == pytest.approx(saved["oof_f1"])
     assert {a.path for a in tracker.client.list_artifacts(parent.info.run_id)} >= {"eval_probs.csv", "oof.csv"}
 
 
 def test_combine_writes_the_submission_scores_and_a_registered_model(studies):
-    r = _combine(studies, "mask=mask", "gender=gender", "age=age")
-    assert r.returncode == 0, r.stderr[-3000:]
+    # the benchmark ran `python -m search.combine ... mask=mask gender=gender age=age` and failed had it failed
+    assert "== tasks/combine: python -m search.combine" in studies.stdout
     out = studies.run_dir / "combined"
     m = json.loads((out / "metrics.json").read_text())
     info = pd.read_csv(studies.data / "eval" / "info.csv", dtype=str)
@@ -107,7 +104,7 @@ def test_combine_writes_the_submission_scores_and_a_registered_model(studies):
     answers = pd.read_csv(studies.data / "eval" / "answers.csv", dtype={"ImageID": str}).set_index("ImageID")["ans"]
     assert m["eval_f1"] == pytest.approx(metrics.macro_f1(answers.loc[sub["ImageID"]].to_numpy(), sub["ans"].to_numpy()))
     assert {s["study"] for s in m["sources"].values()} == {"mask", "gender", "age"}
-    assert "models:/combined@champion" in r.stdout
+    assert "models:/combined@champion" in studies.stdout
 
     tracker = Tracker(tracking_uri(studies.cfg), combine.EXPERIMENT)
     [run] = tracker.find("combine")
@@ -133,10 +130,8 @@ def test_the_combined_model_predicts_18_classes_in_a_fresh_process(studies):
 
 def test_a_second_combine_goes_to_combined_2_and_an_18_way_study_may_stand_for_a_task(studies):
     first = (studies.run_dir / "combined" / "metrics.json").read_text()
-    all_final = studies.run_dir / "all18" / "final"
-    cfg = config.apply(studies.cfg, {"run.study": "all18", "finalize.folds": "0,1", "train.epochs": 1})
-    finalize.run(cfg, log=lambda s: None)
-    m = combine.run(studies.cfg, {"mask": "all18", "gender": str(all_final), "age": "age"}, log=lambda s: None)
+    all_final = studies.run_dir / "all" / "final"  # the benchmark's 18-way study, finalized on the same folds
+    m = combine.run(studies.cfg, {"mask": "all", "gender": str(all_final), "age": "age"}, log=lambda s: None)
     assert (studies.run_dir / "combined-2" / "metrics.json").is_file()
     assert (studies.run_dir / "combined" / "metrics.json").read_text() == first
     assert m["sources"]["mask"]["task"] == "all" and m["sources"]["gender"]["final_dir"] == str(all_final)

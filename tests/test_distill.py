@@ -76,7 +76,7 @@ def test_distill_settings_are_checked_and_a_study_without_finalize_is_one_line_e
 
 @pytest.fixture(scope="module")
 def teacher(ray_local, smoke_final, tmp_path_factory):
-    """The run's shared five-fold finalize of the smoke config (2 epochs), in a copy the tests below add to."""
+    """The run's shared smoke study and its five-fold finalize (2 epochs), in a copy the tests below add to."""
     run_dir = copy_run_dir(smoke_final.run_dir, tmp_path_factory.mktemp("distill") / "runs")
     data = smoke_final.data
     overrides = [f"data.root={data}", f"run.dir={run_dir}", f"faces.cache_dir={data.parent / 'cache'}"]
@@ -204,7 +204,8 @@ def test_the_benchmark_scores_and_times_the_ensembles_the_fold_model_and_every_s
                v == f"{pseudo_final['eval_f1']:.4f}" for k, v in got.items())
     for d, targets in (("distill", "soft vote"), ("distill-2", "out-of-fold")):
         m = json.loads((teacher.study / d / "metrics.json").read_text())
-        name = f"student ({d}: test_resnet 32px, 2 epochs, seed 0, {targets} of {m['source']}, T {m['temperature']:g})"
+        name = (f"student ({d}: {teacher.cfg.model.backbone} 32px, 2 epochs, seed 0, {targets} of {m['source']}, "
+                f"T {m['temperature']:g})")  # a student is the ensemble's own configuration unless told otherwise
         assert got[name] == f"{m['eval_f1']:.4f}"
     # the fold model without TTA is scored by the benchmark itself, from its checkpoint
     from maskclf import engine, predict

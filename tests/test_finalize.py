@@ -87,7 +87,7 @@ def test_mlflow_holds_the_finalize_run_its_folds_and_the_model(study):
     tracker = _tracker(study.cfg)
     [parent] = tracker.find("finalize")
     assert parent.info.status == "FINISHED" and parent.data.tags["maskclf.key"] == "final"
-    assert parent.data.params["backbone"] == "test_resnet" and parent.data.params["tta"] == "True"
+    assert parent.data.params["backbone"] == study.cfg.model.backbone and parent.data.params["tta"] == "True"
     assert {"oof_f1", "eval_f1", "eval_f1_fold_mean"} <= set(parent.data.metrics)
     artifacts = {a.path for a in tracker.client.list_artifacts(parent.info.run_id)}
     assert {"submission.csv", "oof.csv", "metrics.json", "confusion_matrix.png", "config.yaml"} <= artifacts

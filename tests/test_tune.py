@@ -31,12 +31,17 @@ def _history(tracker, run_id, key="val_f1"):
     return [m.step for m in tracker.client.get_metric_history(run_id, key)]
 
 
-def test_smoke_search_tracks_every_trial(ray_local, smoke_cfg, tmp_path, capsys):
-    table = tune_mod.run(smoke_cfg)
-    assert len(table) == 2 and set(table["status"]) <= {"done", "stopped"}
+def test_smoke_search_tracks_every_trial(smoke_final, tmp_path):
+    """The run's shared smoke study (``python -m search.tune``, 2 trials of 2 epochs): its files, its printed
+    progress and its MLflow runs."""
+    import pandas as pd
+
+    smoke_cfg = config.load(SMOKE, smoke_final.overrides)
     study = Path(smoke_cfg.run.dir) / "smoke"
-    assert (study / "best_config.yaml").is_file() and (study / "trials.csv").is_file()
-    out = capsys.readouterr().out
+    table = pd.read_csv(study / "trials.csv")
+    assert len(table) == 2 and set(table["status"]) <= {"done", "stopped"}
+    assert (study / "best_config.yaml").is_file()
+    out = "\n".join(smoke_final.tune_lines)
     assert "[1/2 done] trial " in out and "[2/2 done] trial " in out, out[-3000:]
     assert re.search(r"val_f1 \d\.\d{3} after \d+ epochs \((stopped by ASHA|full budget)\)", out)
     # two trials are too few to rank parameters by importance: that plot alone is skipped
