@@ -98,17 +98,20 @@ def ensure_demo(cfg: Config, log: Callable[[str], None] = print) -> Path:
     return root
 
 
-def _crops(cfg: Config, paths: list[str], log: Callable[[str], None], progress: bool) -> faces.FaceCrops:
+def _crops(cfg: Config, paths: list[str], log: Callable[[str], None], progress: bool,
+           run_shards: Callable | None) -> faces.FaceCrops:
     f = cfg.faces
     return faces.build_crop_cache(
         paths, config_mod.cache_dir(cfg), method=f.method, size=f.size, margin=f.margin,
         batch_size=f.batch_size, device=str(resolve_device(f.device)), progress=progress, log=log,
+        run_shards=run_shards,
     )
 
 
 def prepare(cfg: Config, *, need_eval: bool = False, log: Callable[[str], None] = print,
-            progress: bool = True) -> Prepared:
-    """Validate the dataset (every problem at once) and load or build its face crops."""
+            progress: bool = True, run_shards: Callable | None = None) -> Prepared:
+    """Validate the dataset (every problem at once) and load or build its face crops (``run_shards``: where
+    the shards of a missing crop cache entry run, see :func:`maskclf.faces.build_crop_cache`)."""
     root = ensure_demo(cfg, log)
     problems: list[str] = []
     train = ev = None
@@ -124,9 +127,9 @@ def prepare(cfg: Config, *, need_eval: bool = False, log: Callable[[str], None] 
     if problems:
         raise InputError(problems)
     log(f"dataset {root}: " + ", ".join(f"{k}={v}" for k, v in data.summary(train).items()))
-    prepared = Prepared(train, _crops(cfg, train["path"].tolist(), log, progress))
+    prepared = Prepared(train, _crops(cfg, train["path"].tolist(), log, progress, run_shards))
     if ev is not None:
         prepared.eval = ev
-        prepared.eval_crops = _crops(cfg, ev["path"].tolist(), log, progress)
+        prepared.eval_crops = _crops(cfg, ev["path"].tolist(), log, progress, run_shards)
         prepared.answers = data.read_answers(root)
     return prepared

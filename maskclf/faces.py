@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -223,32 +223,82 @@ def _write_entry(tmp: Path, crops: FaceCrops, settings: dict) -> None:
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _crop_files(files, out, problems, missing, *, batch_size: int, progress: bool, **crop_kw) -> FaceCrops:
-    """Decode ``batch_size`` files at a time and crop them into ``out``.
+def _decode(blob: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(blob)) as im:
+        # Phone photos may be stored rotated with an EXIF flag; crop what a viewer shows.
+        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
-    Every file is decoded so every unreadable one is reported; detection stops
-    at the first problem since the result will be thrown away. Indices in
-    ``missing`` are already reported.
-    """
-    boxes, found = np.zeros((len(files), 4), np.float32), np.zeros(len(files), bool)
-    with tqdm(total=len(files), disable=not progress, desc="face crops", unit="img", file=sys.stderr) as bar:
-        for start in range(0, len(files), batch_size):
-            idx, images = [], []
-            for i in range(start, min(start + batch_size, len(files))):
-                if i in missing:
-                    continue
-                try:
-                    images.append(_read_rgb(files[i]))
-                    idx.append(i)
-                except FileNotFoundError:
-                    problems.append(f"{files[i]}: file not found")
-                except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for bad data
-                    problems.append(f"{files[i]}: cannot read image ({e})")
-            if idx and not problems:
-                part = crop_arrays(images, batch_size=batch_size, **crop_kw)
-                out[idx], boxes[idx], found[idx] = part.images, part.boxes, part.found
-            bar.update(min(batch_size, len(files) - start))
-    return FaceCrops(out, boxes, found, [str(f) for f in files])
+
+def crop_shard(names: list[str], blobs: list[bytes | None], *, batch_size: int = 32, detect: bool = True,
+               **crop_kw) -> dict:
+    """Decode one shard of encoded photos and crop them, ``batch_size`` photos at a time.
+
+    A pure function of its arguments (the bytes, not paths), so it runs in any process of any node. Returns
+    ``crops``, ``boxes``, ``found`` and ``problems`` (one line per photo that cannot be decoded; a ``None``
+    blob is a file that was not found). Detection is skipped once a problem is seen (the shard is useless) and
+    when ``detect`` is false (the photos are only checked)."""
+    n, size = len(names), int(crop_kw.get("size", 128))
+    crops, boxes, found = np.zeros((n, size, size, 3), np.uint8), np.zeros((n, 4), np.float32), np.zeros(n, bool)
+    problems: list[str] = []
+    for start in range(0, n, batch_size):
+        idx, images = [], []
+        for i in range(start, min(start + batch_size, n)):
+            if blobs[i] is None:
+                problems.append(f"{names[i]}: file not found")
+                continue
+            try:
+                images.append(_decode(blobs[i]))
+                idx.append(i)
+            except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for bad data
+                problems.append(f"{names[i]}: cannot read image ({e})")
+        if idx and detect and not problems:
+            part = crop_arrays(images, batch_size=batch_size, **crop_kw)
+            crops[idx], boxes[idx], found[idx] = part.images, part.boxes, part.found
+    return {"crops": crops, "boxes": boxes, "found": found, "problems": problems}
+
+
+def _read_bytes(files: list[Path]) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    for f in files:
+        try:
+            out.append(f.read_bytes())
+        except OSError:
+            out.append(None)
+    return out
+
+
+def run_shards_here(fn: Callable, jobs):
+    """Run ``fn(*args, **kwargs)`` for each ``(i, args, kwargs)`` of ``jobs`` in this process, one after
+    another; yields ``(i, result)``. The default runner of :func:`build_crop_cache`: a runner that spreads the
+    jobs over processes or machines yields the same pairs, in any order."""
+    for i, args, kwargs in jobs:
+        yield i, fn(*args, **kwargs)
+
+
+def _save_shard(shards: Path, i: int, result: dict) -> None:
+    """One finished shard, written under a temporary name and renamed: a shard file on disk is always whole."""
+    tmp = shards / f".{i:05d}.{os.getpid()}.npz"
+    with open(tmp, "wb") as f:
+        np.savez(f, crops=result["crops"], boxes=result["boxes"], found=result["found"])
+    os.replace(tmp, shards / f"{i:05d}.npz")
+
+
+def _clear_dead_builds(cache_dir: Path, key: str) -> None:
+    """Remove the assembly folders of builds of ``key`` whose process is gone (killed mid-assembly)."""
+    for d in cache_dir.glob(f".tmp-{key}-*"):
+        pid = d.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def build_crop_cache(
@@ -262,6 +312,8 @@ def build_crop_cache(
     device: str = "cpu",
     progress: bool = True,
     log: Callable[[str], object] = print,
+    shard_size: int = 256,
+    run_shards: Callable | None = None,
 ) -> FaceCrops:
     """Face crops for image files, computed once per inputs and settings.
 
@@ -269,6 +321,11 @@ def build_crop_cache(
     crop settings, so editing an image or a setting makes a new entry; a hit
     decodes nothing. Missing or unreadable files raise one InputError naming
     them all. ``paths`` of the result are resolved, in the order given.
+
+    A miss crops ``shard_size`` photos per job: ``run_shards(crop_shard, jobs)`` runs them (by default one
+    after another in this process, :func:`run_shards_here`; the search layer passes one that spreads them
+    over a Ray cluster's CPUs or GPUs) and each finished shard is kept on disk, so a build that is killed
+    resumes from its finished shards. ``shard_size`` and ``batch_size`` change the speed, not the crops.
     """
     _box_finder(method)  # a bad name fails before any file is read
     t0 = time.perf_counter()
@@ -284,24 +341,88 @@ def build_crop_cache(
             missing.add(i)
     # Device and batch size are not settings here: they change the speed, not the crops.
     settings = {"method": method, "size": int(size), "margin": float(margin)}
-    key = None if problems else _cache_key(files, stats, **settings)
-    if key and (cache_dir / key / "meta.json").is_file():
+    if problems:  # decode the others too, so every problem is reported at once
+        for i, f in enumerate(files):
+            if i not in missing:
+                try:
+                    _read_rgb(f)
+                except FileNotFoundError:
+                    problems.append(f"{f}: file not found")
+                except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for bad data
+                    problems.append(f"{f}: cannot read image ({e})")
+        raise InputError(problems)
+    key = _cache_key(files, stats, **settings)
+    if (cache_dir / key / "meta.json").is_file():
         crops = load_crop_cache(cache_dir, key)
         log(f"face crop cache hit: {cache_dir / key} ({crops.summary()}, {time.perf_counter() - t0:.2f} s)")
         return crops
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    # Build in a private temp dir and rename it into place when complete, so an
-    # interrupted build never leaves an entry that a later call would trust.
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{key}-", dir=cache_dir))
+    crops = _build(files, cache_dir, key, settings, problems, batch_size=batch_size, device=device,
+                   shard_size=shard_size, run_shards=run_shards or run_shards_here, progress=progress, log=log)
+    log(f"face crop cache miss, built {cache_dir / key} ({crops.summary()}, {time.perf_counter() - t0:.1f} s)")
+    return crops
+
+
+def _build(files: list[Path], cache_dir: Path, key: str, settings: dict, problems: list[str], *,
+           batch_size: int, device: str, shard_size: int, run_shards: Callable, progress: bool,
+           log: Callable[[str], object]) -> FaceCrops:
+    """Crop ``files`` shard by shard into ``<cache_dir>/.partial-<key>/shards/`` (each finished shard a file of
+    its own, so an interrupted build resumes from the shards it finished), then assemble the entry in a private
+    folder and rename it into place: a half-written entry is never trusted."""
+    partial = cache_dir / f".partial-{key}"
+    shards = partial / "shards"
+    shards.mkdir(parents=True, exist_ok=True)
+    _clear_dead_builds(cache_dir, key)
+    starts = list(range(0, len(files), shard_size))
+    done = {i for i in range(len(starts)) if (shards / f"{i:05d}.npz").is_file()}
+    if done:
+        log(f"face crops: resuming {partial}: {len(done)} of {len(starts)} shards done before")
+    todo = [i for i in range(len(starts)) if i not in done]
+
+    def jobs():
+        for i in todo:  # read as the runner asks: only the shards in flight are held in memory
+            part = files[starts[i]:starts[i] + shard_size]
+            if (shards / f"{i:05d}.npz").is_file():  # another build of the same entry finished it meanwhile
+                bar.update(len(part))
+                continue
+            # once a photo cannot be read the build is lost: later shards are only decoded, to report them all
+            yield i, ([str(f) for f in part], _read_bytes(part)), {"batch_size": batch_size, "device": device,
+                                                                  "detect": not problems, **settings}
+
+    with tqdm(total=len(files), initial=sum(min(shard_size, len(files) - starts[i]) for i in done),
+              disable=not progress, desc="face crops", unit="img", file=sys.stderr) as bar:
+        for i, result in run_shards(crop_shard, jobs()):
+            if result["problems"]:
+                problems += result["problems"]
+            elif not problems:
+                _save_shard(shards, i, result)
+            bar.update(len(result["found"]))
+    if problems:
+        shutil.rmtree(partial, ignore_errors=True)  # fixing a photo changes the key: these shards are of no use
+        raise InputError(problems)
+
+    tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
     try:
+        size = int(settings["size"])
         out = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
-        crops = _crop_files(files, out, problems, missing, batch_size=batch_size, progress=progress, device=device, **settings)
-        if problems:
-            raise InputError(problems)
+        boxes, found = np.zeros((len(files), 4), np.float32), np.zeros(len(files), bool)
+        for i, start in enumerate(starts):
+            try:
+                z = np.load(shards / f"{i:05d}.npz")
+            except FileNotFoundError:
+                if (cache_dir / key / "meta.json").is_file():  # another build of the entry finished and tidied up
+                    del out
+                    return load_crop_cache(cache_dir, key)
+                raise
+            with z:
+                end = start + len(z["found"])
+                out[start:end], boxes[start:end], found[start:end] = z["crops"], z["boxes"], z["found"]
         out.flush()
-        _write_entry(tmp, crops, settings)
-        del out, crops  # close the memmap before its directory moves
+        _write_entry(tmp, FaceCrops(out, boxes, found, [str(f) for f in files]), settings)
+        del out  # close the memmap before its directory moves
         try:
             os.rename(tmp, cache_dir / key)
         except OSError:
@@ -309,6 +430,5 @@ def build_crop_cache(
                 raise  # otherwise another process finished the same entry first
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    crops = load_crop_cache(cache_dir, key)
-    log(f"face crop cache miss, built {cache_dir / key} ({crops.summary()}, {time.perf_counter() - t0:.1f} s)")
-    return crops
+    shutil.rmtree(partial, ignore_errors=True)
+    return load_crop_cache(cache_dir, key)

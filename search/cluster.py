@@ -41,7 +41,45 @@ def connect(cfg: Config, log: Callable[[str], None]) -> bool:
     ray.init(address=address, log_to_driver=False)
     res = ray.cluster_resources()
     log(f"Ray cluster: {len(alive_nodes())} node(s), {res.get('CPU', 0):g} CPUs, {res.get('GPU', 0):g} GPUs")
+    watch(ray.get_runtime_context().gcs_address)
     return True
+
+
+def watch(gcs_address: str, every_s: float = 2.0, lost_after_s: float = 20.0) -> None:
+    """End this command with one line when the joined cluster's head stops answering.
+
+    Ray ends a driver whose cluster is gone on its own, about a minute later, with exit code 1 and only its
+    log's words, if any; this thread says it first: which cluster, since when, and that a rerun resumes.
+    The command's files are as a kill leaves them, which every command resumes from."""
+    import socket
+    import sys
+    import threading
+    import time
+
+    host, _, port = gcs_address.rpartition(":")
+
+    def answering() -> bool:
+        try:
+            socket.create_connection((host, int(port)), timeout=every_s).close()
+            return True
+        except OSError:
+            return False
+
+    def run() -> None:
+        since = None
+        while True:
+            time.sleep(every_s)
+            if answering():
+                since = None
+                continue
+            since = since or time.monotonic()
+            if time.monotonic() - since >= lost_after_s:
+                print(f"error: the Ray cluster at {gcs_address} stopped answering {lost_after_s:.0f} s ago (stopped or "
+                      f"unreachable); run the command again once it is back: it resumes where it stopped",
+                      file=sys.stderr, flush=True)
+                os._exit(1)
+
+    threading.Thread(target=run, name="ray-cluster-watch", daemon=True).start()
 
 
 def started_ray() -> str | None:

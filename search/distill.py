@@ -170,12 +170,12 @@ def run(cfg: Config, *, log: Callable[[str], None] = print) -> dict:
 
 def _distill(cfg: Config, tracker: Tracker, log: Callable[[str], None]) -> dict:
     from maskclf import dataset
-    from search import cluster, registry
+    from search import cluster, crops, registry
 
     source, why = fin.finished(study_dir(cfg), cfg.distill.source)
     if source is None:
         raise InputError(f"distill.source: {why}")
-    prep = dataset.prepare(cfg, need_eval=True, log=log)
+    prep = dataset.prepare(cfg, need_eval=True, log=log, run_shards=crops.runner(cfg, log))
     out = fin.final_dir(cfg, log, base="distill", sections=("distill",))
     k = cfg.distill.fold
     if epochs_done(out / "folds" / f"fold{k}" / "checkpoint") < cfg.train.epochs:

@@ -218,9 +218,9 @@ def run(cfg: Config, *, log: Callable[[str], None] = print) -> dict:
 
 def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str], None]) -> dict:
     from maskclf import dataset, ensemble
-    from search import registry
+    from search import crops, registry
 
-    prep = dataset.prepare(cfg, need_eval=True, log=log)
+    prep = dataset.prepare(cfg, need_eval=True, log=log, run_shards=crops.runner(cfg, log))
     pseudo = _pseudo_labels(cfg, prep, log) if cfg.pseudo.enabled else None
     out, parent = _start(cfg, tracker, ks, log)
     try:

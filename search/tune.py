@@ -17,7 +17,7 @@ from typing import Callable
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError, RunFailed, cli
-from search import cluster, experiment, optuna_study
+from search import cluster, crops, experiment, optuna_study
 from search import space as space_mod
 from search import study as study_mod
 from search.experiment import METRIC, MODE, epoch_budget, study_dir
@@ -75,7 +75,7 @@ def _run(cfg: Config, trainable: Callable | None, log: Callable[[str], None]):
     joined = cluster.connect(cfg, log)
     cluster.check_resources(cfg, wait_s=600 if joined else 0, log=log)
     cluster.check_storage(cfg)  # a cluster that cannot run the study is refused before any data work
-    prep = experiment.object_store_ready(dataset.prepare(cfg, log=log))
+    prep = experiment.object_store_ready(dataset.prepare(cfg, log=log, run_shards=crops.runner(cfg, log)))
     if new:
         study.mkdir(parents=True, exist_ok=True)
         if warm:

@@ -43,6 +43,16 @@ def test_faces_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     assert "## Faces" in table and table.count("| 32 | mtcnn / cpu / 1 |") == 1
 
 
+def test_crops_quick_mode_runs_and_records(smoke_cfg, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    r = _quick("crops.py", smoke_cfg, results)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    [row] = [line for line in r.stdout.splitlines() if line.startswith("32 | 8 | ")]
+    assert "| yes |" in row, r.stdout  # the Ray tasks gave the crops one process gives
+    table = results.read_text()
+    assert "## Face crops: one process against shards on Ray" in table and table.count("| 32 | 8 |") == 1
+
+
 def test_inference_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     results = tmp_path / "RESULTS.md"
     r = _quick("inference.py", smoke_cfg, results)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -200,4 +201,85 @@ def test_interrupted_build_leaves_no_cache_entry(files, tmp_path, monkeypatch):
     cache_dir = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
         build(files, cache_dir, [])
-    assert entries(cache_dir) == []
+    # nothing a later build would trust: only the folder of finished shards (none yet) that it resumes from
+    [partial] = entries(cache_dir)
+    assert partial.name.startswith(".partial-") and list((partial / "shards").iterdir()) == []
+
+
+def _photos(tmp_path, n: int) -> list[Path]:
+    """``n`` photos: the real one (a face) and noise (the fixed box), in two sizes."""
+    src = tmp_path / "many"
+    src.mkdir()
+    out = []
+    for i in range(n):
+        f = src / f"{i:03d}.jpg"
+        if i % 3 == 0:
+            f.write_bytes(PHOTO.read_bytes())
+        else:
+            Image.fromarray(noise(512 if i % 2 else 400, 384, seed=i)).save(f)
+        out.append(f)
+    return out
+
+
+def test_a_build_killed_midway_resumes_from_its_finished_shards_and_gives_the_same_crops(tmp_path):
+    photos = _photos(tmp_path, 10)
+    whole = build(photos, tmp_path / "whole", [], shard_size=3)
+
+    ran: list[int] = []
+
+    def killed_after_two(fn, jobs):  # a runner that dies (as a killed process would) after two shards
+        for i, args, kwargs in jobs:
+            if len(ran) == 2:
+                raise KeyboardInterrupt
+            ran.append(i)
+            yield i, fn(*args, **kwargs)
+
+    cache_dir, logs = tmp_path / "cache", []
+    with pytest.raises(KeyboardInterrupt):
+        build(photos, cache_dir, logs, shard_size=3, run_shards=killed_after_two)
+    [partial] = entries(cache_dir)
+    assert sorted(p.name for p in (partial / "shards").iterdir()) == ["00000.npz", "00001.npz"]
+
+    again: list[int] = []
+
+    def counting(fn, jobs):
+        for i, result in faces.run_shards_here(fn, jobs):
+            again.append(i)
+            yield i, result
+
+    resumed = build(photos, cache_dir, logs, shard_size=3, run_shards=counting)
+    assert again == [2, 3]  # shards 0 and 1 were not cropped again
+    assert any("resuming" in line and "2 of 4 shards done before" in line for line in logs), logs
+    [entry] = entries(cache_dir)  # the shards are gone once the entry is in place
+    assert not entry.name.startswith(".")
+    assert np.array_equal(resumed.images, whole.images) and np.array_equal(resumed.boxes, whole.boxes)
+    assert resumed.found.tolist() == whole.found.tolist() == [i % 3 == 0 for i in range(10)]
+
+
+def test_shard_and_batch_sizes_change_nothing_in_the_crops(tmp_path):
+    photos = _photos(tmp_path, 7)
+    a = build(photos, tmp_path / "a", [], shard_size=256, batch_size=32)
+    b = build(photos, tmp_path / "b", [], shard_size=2, batch_size=1)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.boxes, b.boxes)
+    assert a.found.tolist() == b.found.tolist()
+
+
+def test_the_assembly_folder_of_a_dead_build_is_removed(files, tmp_path):
+    cache_dir = tmp_path / "cache"
+    build(files, cache_dir, [], method="center")
+    [entry] = entries(cache_dir)
+    key = entry.name
+    shutil.rmtree(entry)
+    dead = _dead_pid()
+    (cache_dir / f".tmp-{key}-{dead}").mkdir()  # left by a build killed while it assembled the entry
+    (cache_dir / f".tmp-{key}-{os.getpid()}x").mkdir()  # not a build's: left alone
+    build(files, cache_dir, [], method="center")
+    assert sorted(p.name for p in entries(cache_dir)) == sorted([key, f".tmp-{key}-{os.getpid()}x"])
+
+
+def _dead_pid() -> int:
+    """A process id no process has now (the highest ids are free on a quiet test machine)."""
+    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
+    while Path(f"/proc/{pid}").exists():
+        pid -= 1
+    return pid

@@ -1,5 +1,6 @@
 """Two searches started side by side on one machine, each with no Ray address given: each runs on a private
-Ray of its own, so the first to finish takes nothing of the other's with it."""
+Ray of its own, so the first to finish takes nothing of the other's with it; and a command on a joined cluster
+that stops answering ends with one line."""
 
 from __future__ import annotations
 
@@ -48,3 +49,30 @@ def test_two_searches_side_by_side_each_start_their_own_ray_and_both_finish(smok
         table = pd.read_csv(Path(cfg.run.dir) / study / "trials.csv")
         assert len(table) == 1 and table["best_val_f1"].between(0, 1).all(), table
         assert table["epochs"].tolist() == [epochs] and table["status"].tolist() == ["done"], table
+
+
+def test_a_command_whose_cluster_stops_answering_ends_with_one_line(tmp_path):
+    """The watch a command starts when it joins a cluster: the head's port stops answering, the command ends
+    with exit code 1 and one line that names the cluster (here a plain listening socket stands for the head)."""
+    import socket
+
+    head = socket.create_server(("127.0.0.1", 0))
+    address = f"127.0.0.1:{head.getsockname()[1]}"
+    script = ("import time; from search.cluster import watch\n"
+              f"watch({address!r}, every_s=0.2, lost_after_s=1.0)\n"
+              "print('joined', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "joined\n"
+        time.sleep(1.5)
+        assert proc.poll() is None  # a head that answers keeps the command going
+        head.close()
+        t0 = time.time()
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1 and time.time() - t0 < 10
+    [line] = err.strip().splitlines()
+    assert line.startswith(f"error: the Ray cluster at {address} stopped answering") and "run the command again" in line
