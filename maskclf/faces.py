@@ -8,6 +8,7 @@ back in) with an ``index.csv`` of boxes and a ``meta.json``.
 from __future__ import annotations
 
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -284,21 +285,10 @@ def _save_shard(shards: Path, i: int, result: dict) -> None:
 
 
 def _clear_dead_builds(cache_dir: Path, key: str) -> None:
-    """Remove the assembly folders of builds of ``key`` whose process is gone (killed mid-assembly)."""
+    """Remove the assembly folders of earlier builds of ``key`` (killed while they assembled it): the caller
+    holds the entry's lock, so no live build owns one."""
     for d in cache_dir.glob(f".tmp-{key}-*"):
-        pid = d.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(d, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def build_crop_cache(
@@ -358,8 +348,24 @@ def build_crop_cache(
         return crops
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    crops = _build(files, cache_dir, key, settings, problems, batch_size=batch_size, device=device,
-                   shard_size=shard_size, run_shards=run_shards or run_shards_here, progress=progress, log=log)
+    # one builder per entry: another process building it (another command on the same data) is waited for, and
+    # a killed builder's lock goes with it, so the next one resumes from its shards
+    with open(cache_dir / f".lock-{key}", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"face crops: another process is building {cache_dir / key}; waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if (cache_dir / key / "meta.json").is_file():
+                crops = load_crop_cache(cache_dir, key)
+                log(f"face crop cache hit: {cache_dir / key} ({crops.summary()}, {time.perf_counter() - t0:.1f} s)")
+                return crops
+            crops = _build(files, cache_dir, key, settings, problems, batch_size=batch_size, device=device,
+                           shard_size=shard_size, run_shards=run_shards or run_shards_here, progress=progress,
+                           log=log)
+        finally:  # a waiter holding the old file's lock finds the entry (or builds it); a killed build leaves it
+            (cache_dir / f".lock-{key}").unlink(missing_ok=True)
     log(f"face crop cache miss, built {cache_dir / key} ({crops.summary()}, {time.perf_counter() - t0:.1f} s)")
     return crops
 
@@ -369,7 +375,7 @@ def _build(files: list[Path], cache_dir: Path, key: str, settings: dict, problem
            log: Callable[[str], object]) -> FaceCrops:
     """Crop ``files`` shard by shard into ``<cache_dir>/.partial-<key>/shards/`` (each finished shard a file of
     its own, so an interrupted build resumes from the shards it finished), then assemble the entry in a private
-    folder and rename it into place: a half-written entry is never trusted."""
+    folder and rename it into place: a half-written entry is never trusted. The caller holds the entry's lock."""
     partial = cache_dir / f".partial-{key}"
     shards = partial / "shards"
     shards.mkdir(parents=True, exist_ok=True)
@@ -383,9 +389,6 @@ def _build(files: list[Path], cache_dir: Path, key: str, settings: dict, problem
     def jobs():
         for i in todo:  # read as the runner asks: only the shards in flight are held in memory
             part = files[starts[i]:starts[i] + shard_size]
-            if (shards / f"{i:05d}.npz").is_file():  # another build of the same entry finished it meanwhile
-                bar.update(len(part))
-                continue
             # once a photo cannot be read the build is lost: later shards are only decoded, to report them all
             yield i, ([str(f) for f in part], _read_bytes(part)), {"batch_size": batch_size, "device": device,
                                                                   "detect": not problems, **settings}
@@ -410,24 +413,13 @@ def _build(files: list[Path], cache_dir: Path, key: str, settings: dict, problem
         out = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
         boxes, found = np.zeros((len(files), 4), np.float32), np.zeros(len(files), bool)
         for i, start in enumerate(starts):
-            try:
-                z = np.load(shards / f"{i:05d}.npz")
-            except FileNotFoundError:
-                if (cache_dir / key / "meta.json").is_file():  # another build of the entry finished and tidied up
-                    del out
-                    return load_crop_cache(cache_dir, key)
-                raise
-            with z:
+            with np.load(shards / f"{i:05d}.npz") as z:
                 end = start + len(z["found"])
                 out[start:end], boxes[start:end], found[start:end] = z["crops"], z["boxes"], z["found"]
         out.flush()
         _write_entry(tmp, FaceCrops(out, boxes, found, [str(f) for f in files]), settings)
         del out  # close the memmap before its directory moves
-        try:
-            os.rename(tmp, cache_dir / key)
-        except OSError:
-            if not (cache_dir / key / "meta.json").is_file():
-                raise  # otherwise another process finished the same entry first
+        os.rename(tmp, cache_dir / key)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(partial, ignore_errors=True)

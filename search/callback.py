@@ -126,6 +126,9 @@ class MlflowTrials(tune.Callback):
                 run = found[0].info.run_id if found else None
             if run:  # a resumed search or finalize continues the trial's run
                 self.runs[trial.trial_id] = run
+                if not self.tracker.client.get_run(run).data.params:  # made just before an outage took the rest
+                    self.tracker.log_params(run, {**trial_params(trial_config(self.cfg, trial.config)),
+                                                  "trial_id": trial.trial_id})
                 self.logged[run] = {m.step for m in self.tracker.client.get_metric_history(run, "val_f1")}
                 return run
             cfg = trial_config(self.cfg, trial.config)

@@ -264,22 +264,38 @@ def test_shard_and_batch_sizes_change_nothing_in_the_crops(tmp_path):
     assert a.found.tolist() == b.found.tolist()
 
 
-def test_the_assembly_folder_of_a_dead_build_is_removed(files, tmp_path):
+def test_the_assembly_folder_of_a_killed_build_is_removed(files, tmp_path):
     cache_dir = tmp_path / "cache"
     build(files, cache_dir, [], method="center")
     [entry] = entries(cache_dir)
     key = entry.name
     shutil.rmtree(entry)
-    dead = _dead_pid()
-    (cache_dir / f".tmp-{key}-{dead}").mkdir()  # left by a build killed while it assembled the entry
-    (cache_dir / f".tmp-{key}-{os.getpid()}x").mkdir()  # not a build's: left alone
+    (cache_dir / f".tmp-{key}-12345").mkdir()  # left by a build killed while it assembled the entry
+    (cache_dir / ".tmp-0123456789abcdef-12345").mkdir()  # another entry's: left alone
     build(files, cache_dir, [], method="center")
-    assert sorted(p.name for p in entries(cache_dir)) == sorted([key, f".tmp-{key}-{os.getpid()}x"])
+    assert [p.name for p in entries(cache_dir)] == [".tmp-0123456789abcdef-12345", key]
 
 
-def _dead_pid() -> int:
-    """A process id no process has now (the highest ids are free on a quiet test machine)."""
-    pid = int(Path("/proc/sys/kernel/pid_max").read_text()) - 1
-    while Path(f"/proc/{pid}").exists():
-        pid -= 1
-    return pid
+def test_a_second_build_of_the_same_entry_waits_for_the_first_and_reads_its_crops(files, tmp_path):
+    import threading
+
+    started, release, first = threading.Event(), threading.Event(), []
+
+    def slow(fn, jobs):
+        for i, result in faces.run_shards_here(fn, jobs):
+            started.set()
+            release.wait(30)
+            yield i, result
+
+    cache_dir = tmp_path / "cache"
+    builder = threading.Thread(target=lambda: first.append(build(files, cache_dir, [], method="center",
+                                                                 run_shards=slow)))
+    builder.start()
+    assert started.wait(30)
+    threading.Timer(1.0, release.set).start()
+    logs: list[str] = []
+    second = build(files, cache_dir, logs, method="center")  # waits on the first build's lock
+    builder.join(30)
+    assert "another process is building" in logs[0] and "hit" in logs[-1], logs
+    [entry] = entries(cache_dir)
+    assert np.array_equal(second.images, first[0].images) and second.paths == first[0].paths
