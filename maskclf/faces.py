@@ -181,8 +181,8 @@ def crop_arrays(
 # ---------------------------------------------------------------- cache on disk
 
 
-def _read_rgb(path: Path) -> np.ndarray:
-    with Image.open(path) as im:
+def _read_rgb(source: Path | io.BytesIO) -> np.ndarray:
+    with Image.open(source) as im:
         # Phone photos may be stored rotated with an EXIF flag; crop what a viewer shows.
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
@@ -224,10 +224,16 @@ def _write_entry(tmp: Path, crops: FaceCrops, settings: dict) -> None:
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def _decode(blob: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(blob)) as im:
-        # Phone photos may be stored rotated with an EXIF flag; crop what a viewer shows.
-        return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+def _decoded(name: str, blob: bytes | None, problems: list[str]) -> np.ndarray | None:
+    """The photo ``blob`` decoded, or None with a line in ``problems`` (a None blob: the file was not found)."""
+    if blob is None:
+        problems.append(f"{name}: file not found")
+        return None
+    try:
+        return _read_rgb(io.BytesIO(blob))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for bad data
+        problems.append(f"{name}: cannot read image ({e})")
+        return None
 
 
 def crop_shard(names: list[str], blobs: list[bytes | None], *, batch_size: int = 32, detect: bool = True,
@@ -244,14 +250,10 @@ def crop_shard(names: list[str], blobs: list[bytes | None], *, batch_size: int =
     for start in range(0, n, batch_size):
         idx, images = [], []
         for i in range(start, min(start + batch_size, n)):
-            if blobs[i] is None:
-                problems.append(f"{names[i]}: file not found")
-                continue
-            try:
-                images.append(_decode(blobs[i]))
+            image = _decoded(names[i], blobs[i], problems)
+            if image is not None:
+                images.append(image)
                 idx.append(i)
-            except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for bad data
-                problems.append(f"{names[i]}: cannot read image ({e})")
         if idx and detect and not problems:
             part = crop_arrays(images, batch_size=batch_size, **crop_kw)
             crops[idx], boxes[idx], found[idx] = part.images, part.boxes, part.found
@@ -282,13 +284,6 @@ def _save_shard(shards: Path, i: int, result: dict) -> None:
     with open(tmp, "wb") as f:
         np.savez(f, crops=result["crops"], boxes=result["boxes"], found=result["found"])
     os.replace(tmp, shards / f"{i:05d}.npz")
-
-
-def _clear_dead_builds(cache_dir: Path, key: str) -> None:
-    """Remove the assembly folders of earlier builds of ``key`` (killed while they assembled it): the caller
-    holds the entry's lock, so no live build owns one."""
-    for d in cache_dir.glob(f".tmp-{key}-*"):
-        shutil.rmtree(d, ignore_errors=True)
 
 
 def build_crop_cache(
@@ -334,12 +329,7 @@ def build_crop_cache(
     if problems:  # decode the others too, so every problem is reported at once
         for i, f in enumerate(files):
             if i not in missing:
-                try:
-                    _read_rgb(f)
-                except FileNotFoundError:
-                    problems.append(f"{f}: file not found")
-                except (OSError, ValueError, Image.DecompressionBombError) as e:  # PIL's errors for bad data
-                    problems.append(f"{f}: cannot read image ({e})")
+                _decoded(str(f), _read_bytes([f])[0], problems)
         raise InputError(problems)
     key = _cache_key(files, stats, **settings)
     if (cache_dir / key / "meta.json").is_file():
@@ -361,7 +351,7 @@ def build_crop_cache(
                 crops = load_crop_cache(cache_dir, key)
                 log(f"face crop cache hit: {cache_dir / key} ({crops.summary()}, {time.perf_counter() - t0:.1f} s)")
                 return crops
-            crops = _build(files, cache_dir, key, settings, problems, batch_size=batch_size, device=device,
+            crops = _build(files, cache_dir, key, settings, batch_size=batch_size, device=device,
                            shard_size=shard_size, run_shards=run_shards or run_shards_here, progress=progress,
                            log=log)
         finally:  # a waiter holding the old file's lock finds the entry (or builds it); a killed build leaves it
@@ -370,7 +360,7 @@ def build_crop_cache(
     return crops
 
 
-def _build(files: list[Path], cache_dir: Path, key: str, settings: dict, problems: list[str], *,
+def _build(files: list[Path], cache_dir: Path, key: str, settings: dict, *,
            batch_size: int, device: str, shard_size: int, run_shards: Callable, progress: bool,
            log: Callable[[str], object]) -> FaceCrops:
     """Crop ``files`` shard by shard into ``<cache_dir>/.partial-<key>/shards/`` (each finished shard a file of
@@ -379,7 +369,9 @@ def _build(files: list[Path], cache_dir: Path, key: str, settings: dict, problem
     partial = cache_dir / f".partial-{key}"
     shards = partial / "shards"
     shards.mkdir(parents=True, exist_ok=True)
-    _clear_dead_builds(cache_dir, key)
+    for leftover in cache_dir.glob(f".tmp-{key}-*"):  # a build killed while it assembled (we hold the lock)
+        shutil.rmtree(leftover, ignore_errors=True)
+    problems: list[str] = []
     starts = list(range(0, len(files), shard_size))
     done = {i for i in range(len(starts)) if (shards / f"{i:05d}.npz").is_file()}
     if done:

@@ -65,56 +65,59 @@ def layout(tmp_path: Path) -> Path:
     return write_layout(tmp_path / "data", people)
 
 
-@pytest.fixture(scope="session")
-def smoke_data(tmp_path_factory) -> Path:
-    """The smoke config's demo dataset (and, beside it, its crop cache), made once per test run: the
-    side-by-side workers share one copy, which the first to get here writes while the others wait."""
+def _once_per_run(tmp_path_factory, name: str, build) -> Path:
+    """``<run's temp folder>/<name>``, made by ``build(folder)`` once per test run: the side-by-side workers share
+    it, the first to get here builds it while the others wait."""
     import fcntl
-
-    from maskclf import demo
 
     base = tmp_path_factory.getbasetemp()
     shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the run's folder, over the workers'
-    root = shared / "smoke-shared" / "data"
-    root.parent.mkdir(exist_ok=True)
-    with open(shared / "smoke-shared.lock", "w") as lock:
+    home = shared / name
+    home.mkdir(exist_ok=True)
+    with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (root.parent / "complete").is_file():
-            cfg = config.load(SMOKE)
-            demo.generate(root, cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed, progress=False)
-            (root.parent / "complete").touch()
-    return root
+        if not (home / "complete").is_file():
+            t0 = time.time()
+            build(home)
+            print(f"shared {name}: {time.time() - t0:.1f} s", file=sys.stderr)
+            (home / "complete").touch()
+    return home
+
+
+@pytest.fixture(scope="session")
+def smoke_data(tmp_path_factory) -> Path:
+    """The smoke config's demo dataset (and, beside it, its crop cache), made once per test run."""
+    from maskclf import demo
+
+    def build(home: Path) -> None:
+        cfg = config.load(SMOKE)
+        demo.generate(home / "data", cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed,
+                      progress=False)
+
+    return _once_per_run(tmp_path_factory, "smoke-shared", build) / "data"
 
 
 @pytest.fixture(scope="session")
 def smoke_final(smoke_data, tmp_path_factory):
     """A finished smoke study shared by every test of the run that only reads one: ``python -m search.tune`` (2
     trials of 2 epochs), then ``python -m search.finalize`` of its best configuration on the five folds, each in a
-    Ray of its own, built by the first worker to get here while the others wait. Tests that write to the study work
-    on a copy (:func:`copy_run_dir`)."""
-    import fcntl
+    Ray of its own. Tests that write to the study work on a copy (:func:`copy_run_dir`)."""
     from types import SimpleNamespace
 
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    run_dir = shared / "smoke-final" / "runs"
-    overrides = [f"data.root={smoke_data}", f"run.dir={run_dir}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
-    logs = {step: run_dir.parent / f"{step}.log" for step in ("tune", "finalize")}
-    with open(shared / "smoke-final.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (run_dir.parent / "complete").is_file():
-            t0 = time.time()
-            for step, extra in (("tune", ["train.epochs=2", "search.grace_period=2"]), ("finalize", [])):
-                r = subprocess.run([sys.executable, "-m", f"search.{step}", "--config", str(SMOKE), *overrides, *extra],
-                                   cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True,
-                                   text=True, timeout=900)
-                assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-                logs[step].write_text(r.stdout)
-            print(f"shared smoke study and finalize: {time.time() - t0:.1f} s", file=sys.stderr)
-            (run_dir.parent / "complete").touch()
-    return SimpleNamespace(run_dir=run_dir, overrides=overrides, data=smoke_data,
-                           tune_lines=logs["tune"].read_text().splitlines(),
-                           lines=logs["finalize"].read_text().splitlines())
+    overrides = [f"data.root={smoke_data}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
+
+    def build(home: Path) -> None:
+        for step, extra in (("tune", ["train.epochs=2", "search.grace_period=2"]), ("finalize", [])):
+            r = subprocess.run([sys.executable, "-m", f"search.{step}", "--config", str(SMOKE), *overrides,
+                                f"run.dir={home / 'runs'}", *extra], cwd=ROOT,
+                               env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True, text=True, timeout=900)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+            (home / f"{step}.log").write_text(r.stdout)
+
+    home = _once_per_run(tmp_path_factory, "smoke-final", build)
+    return SimpleNamespace(run_dir=home / "runs", overrides=[*overrides, f"run.dir={home / 'runs'}"],
+                           data=smoke_data, tune_lines=(home / "tune.log").read_text().splitlines(),
+                           lines=(home / "finalize.log").read_text().splitlines())
 
 
 @pytest.fixture(scope="session")
@@ -122,28 +125,21 @@ def tasks_quick(smoke_data, tmp_path_factory):
     """``bench/tasks.py --quick`` run once for the whole test run: an 18-way study and mask, gender and age studies
     (one 1-epoch trial each), each finalized on folds 0 and 1, and ``search.combine`` of the three task studies.
     Its bench test and the combine tests read it; tests that write to it work on a copy (:func:`copy_run_dir`)."""
-    import fcntl
     from types import SimpleNamespace
 
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    home = shared / "tasks-quick"
-    run_dir, results = home / "runs", home / "RESULTS.md"
-    overrides = [f"data.root={smoke_data}", f"run.dir={run_dir}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
-    cmd = [sys.executable, "bench/tasks.py", "--quick", "--results", str(results), *overrides]
-    home.mkdir(exist_ok=True)
-    with open(shared / "tasks-quick.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (home / "complete").is_file():
-            t0 = time.time()
-            r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True,
-                               text=True, timeout=900)
-            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-            (home / "stdout.log").write_text(r.stdout)
-            print(f"shared bench/tasks.py --quick: {time.time() - t0:.1f} s", file=sys.stderr)
-            (home / "complete").touch()
-    return SimpleNamespace(run_dir=run_dir, overrides=overrides, data=smoke_data, results=results, cmd=cmd,
-                           stdout=(home / "stdout.log").read_text())
+    def cmd(home: Path) -> list[str]:
+        return [sys.executable, "bench/tasks.py", "--quick", "--results", str(home / "RESULTS.md"),
+                f"data.root={smoke_data}", f"run.dir={home / 'runs'}", f"faces.cache_dir={smoke_data.parent / 'cache'}"]
+
+    def build(home: Path) -> None:
+        r = subprocess.run(cmd(home), cwd=ROOT, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True,
+                           text=True, timeout=900)
+        assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+        (home / "stdout.log").write_text(r.stdout)
+
+    home = _once_per_run(tmp_path_factory, "tasks-quick", build)
+    return SimpleNamespace(run_dir=home / "runs", overrides=cmd(home)[-3:], data=smoke_data,
+                           results=home / "RESULTS.md", stdout=(home / "stdout.log").read_text())
 
 
 def copy_run_dir(src: Path, dst: Path) -> Path:
