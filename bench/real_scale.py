@@ -26,9 +26,11 @@ While a command runs, a sampler thread reads /proc every ``--interval`` seconds 
 process tree: the driver and every process descending from it or in its session (the command runs in a session
 of its own; Ray's GCS, raylet and worker processes are the driver's children and grandchildren). For each
 process, resident and private memory (``Rss``; ``Private_Clean + Private_Dirty`` of /proc/PID/smaps_rollup:
-pages that one process alone maps at the moment, so the object store's pages and the shared libraries' pages
-that no other process has touched yet count too: a driver's private figure drops when trial processes load
-torch). Trial and fold processes are the Ray actors named ``ray::ImplicitFunc...`` (or ``ray::_Inner...``) in
+pages that one process alone maps at the moment, so the object store's pages, a memory-mapped cache file's pages
+and the shared libraries' pages that no other process has touched yet count too: a driver's private figure drops
+when trial processes load torch), and its heap (``Anonymous``: memory that is the process's own, in no file and
+in no shared memory: what a copy of the crops in a process would grow; the goal's "memory above the shared
+crops"). Trial and fold processes are the Ray actors named ``ray::ImplicitFunc...`` (or ``ray::_Inner...``) in
 /proc/PID/cmdline. The object store is the used bytes of /dev/shm less what was used when the command started
 (Ray keeps its store there unless /dev/shm is too small; other users of /dev/shm move this figure too).
 
@@ -43,8 +45,8 @@ The phases come from the command's own lines, timestamped as they arrive, and fr
   ``epoch_time`` the trial reported.
 - search.finalize: validation (with imports) until ``dataset ...:``; face crops (train crops, eval crops) until
   the last crop cache line; fold start (Ray, fold processes) until the first fold begins its first epoch; that
-  epoch until the first ``fold k: epoch`` line; the folds until the last one; out-of-fold predictions until
-  ``predicting N eval images``; eval predictions until the last ``predicted N images with model k/n``; files
+  epoch until the first ``fold k: epoch`` line; the folds until the last one; the predictions (each fold model
+  on its out-of-fold images and on the eval images, as Ray tasks) until the last ``fold k: predicted`` line; files
   and model (plots, MLflow artifacts, the registered model) until the command ends.
 
 A phase whose end was not seen (a resumed finalize whose folds were complete trains none) is counted in the next.
@@ -93,7 +95,8 @@ CONFIG = Path("conf") / "competition.yaml"  # relative: the commands run from th
 STATE = "real_scale.json"
 SECTION = "Real scale: the competition's size through search.tune and search.finalize"
 HEADER = ["date", "machine", "people (train + eval)", "command", "phase", "wall", "driver RSS", "driver private",
-          "largest trial private", "all processes private", "object store", "bench command"]
+          "driver heap", "largest trial private", "largest trial heap", "all processes private", "object store",
+          "bench command"]
 BACKBONE = "tf_efficientnet_lite0"  # the backbone with offline ImageNet weights (the weights extra)
 STEPS = {"dataset": "python -m maskclf.demo", "tune": "python -m search.tune", "finalize": "python -m search.finalize"}
 PHOTOS = 7  # per person
@@ -107,8 +110,7 @@ MARKS = {
     "trial_done": re.compile(r"^\[\d+/\d+ done\] trial "),
     "fold_epoch": re.compile(r"^fold (\d+): epoch (\d+)/\d+ "),
     "final_dir": re.compile(r"^(?:finalizing|continuing the interrupted finalize) in (.+?): folds "),
-    "eval_start": re.compile(r"^predicting \d+ eval images"),
-    "eval_model": re.compile(r"^predicted \d+ images with model \d+/\d+"),
+    "predicted": re.compile(r"^fold \d+: predicted \d+ train images"),
 }
 PROGRESS = re.compile(r"\d+%\||\d+(\.\d+)?(it/s|s/it)\]")  # a progress bar's update
 
@@ -152,20 +154,22 @@ def session(root: int) -> list[int]:
     return [pid for pid, (_, s) in _processes().items() if s == root]
 
 
-def memory(pid: int) -> tuple[int, int] | None:
-    """(resident, private) bytes of a process from /proc/PID/smaps_rollup; None once it is gone."""
+def memory(pid: int) -> tuple[int, int, int] | None:
+    """(resident, private, heap) bytes of a process from /proc/PID/smaps_rollup; None once it is gone."""
     try:
         text = Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return None
-    rss = private = 0
+    rss = private = heap = 0
     for line in text.splitlines():
         key, _, rest = line.partition(":")
         if key == "Rss":
             rss = int(rest.split()[0]) * 1024
         elif key in ("Private_Clean", "Private_Dirty"):
             private += int(rest.split()[0]) * 1024
-    return rss, private
+        elif key == "Anonymous":
+            heap = int(rest.split()[0]) * 1024
+    return rss, private, heap
 
 
 def cmdline(pid: int) -> str:
@@ -229,8 +233,9 @@ class Sampler(threading.Thread):
 
     def sample(self) -> None:
         t = time.monotonic() - self.t0
-        driver_rss = driver_private = total = 0
+        driver_rss = driver_private = driver_heap = total = 0
         trials: dict[int, int] = {}
+        heaps: dict[int, int] = {}
         names: Counter = Counter()
         for pid in tree(self.pid):
             mem = memory(pid)
@@ -239,15 +244,16 @@ class Sampler(threading.Thread):
             cmd = cmdline(pid)
             names[short_name(cmd)] += 1
             if pid == self.pid:
-                driver_rss, driver_private = mem
+                driver_rss, driver_private, driver_heap = mem
             elif pid in self.trials or is_trial(cmd):
                 self.trials.add(pid)
-                trials[pid] = mem[1]
+                trials[pid], heaps[pid] = mem[1], mem[2]
             total += mem[1]
         for name, n in names.items():
             self.names[name] = max(self.names[name], n)
         self.samples.append({"t": round(t, 2), "driver_rss": driver_rss, "driver_private": driver_private,
-                             "trial_private": max(trials.values(), default=0), "trial_processes": len(trials),
+                             "driver_heap": driver_heap, "trial_private": max(trials.values(), default=0),
+                             "trial_heap": max(heaps.values(), default=0), "trial_processes": len(trials),
                              "all_private": total, "processes": sum(names.values()),
                              "object_store": max(shm_used() - self.baseline, 0)})
         if self.watch is not None and self.first_report is None:
@@ -414,16 +420,17 @@ def phase_ends(step: str, result: dict) -> list[tuple[str, object]]:
     began = report - epoch if report is not None and epoch is not None else None
     return [("validation", _first(lines, "dataset")), ("face crops", _last(lines, "crops")),
             ("fold start", began), ("first epoch", report), ("folds", _last(lines, "fold_epoch")),
-            ("out-of-fold predictions", _first(lines, "eval_start")), ("eval predictions", _last(lines, "eval_model")),
-            ("files and model", END)]
+            ("predictions", _last(lines, "predicted")), ("files and model", END)]
 
 
 def _peaks(samples: list[dict], start: float, end: float) -> dict:
     inside = [s for s in samples if start <= s["t"] <= end]
     if not inside and samples:  # a phase shorter than the interval: the sample nearest its end
         inside = [min(samples, key=lambda s: abs(s["t"] - end))]
-    keys = ("driver_rss", "driver_private", "trial_private", "all_private", "object_store", "trial_processes")
-    return {k: max((s[k] for s in inside), default=0) for k in keys} | {"samples": len(inside)}
+    keys = ("driver_rss", "driver_private", "driver_heap", "trial_private", "trial_heap", "all_private",
+            "object_store", "trial_processes")
+    # a record written before the heap was sampled has no heap: "-" in the table
+    return {k: max((s.get(k, -1) for s in inside), default=0) for k in keys} | {"samples": len(inside)}
 
 
 def phases(step: str, result: dict) -> list[dict]:
@@ -537,19 +544,21 @@ def _now() -> str:
 # ---- the table -----------------------------------------------------------------------------------------------
 
 def size(n: int | None) -> str:
-    if n is None:
+    if n is None or n < 0:
         return "-"
     return f"{n / 2**20:.0f} MiB" if n < 2**30 else f"{n / 2**30:.2f} GiB"
 
 
 def rows(step: str, record: dict) -> list[list[str]]:
-    """[command, phase, wall, driver RSS, driver private, largest trial private, all private, object store]."""
+    """[command, phase, wall, driver RSS, driver private, driver heap, largest trial private, largest trial heap,
+    all private, object store]."""
     name = STEPS[step] + (" (resumed)" if record.get("resumed") else "")
     out = []
     for p in record.get("phases", []):
-        trial = p["trial_private"] if step != "dataset" else None
+        trial, heap = (p["trial_private"], p.get("trial_heap", -1)) if step != "dataset" else (None, None)
         out.append([name, p["phase"], f"{p['wall_s']:.1f} s", size(p["driver_rss"]), size(p["driver_private"]),
-                    size(trial), size(p["all_private"]), size(p["object_store"])])
+                    size(p.get("driver_heap", -1)), size(trial), size(heap), size(p["all_private"]),
+                    size(p["object_store"])])
     return out
 
 
@@ -557,8 +566,8 @@ def print_table(state: dict) -> None:
     c = state["people"]
     print(f"real scale: {c['train']} + {c['eval']} people ({c['train_images']} + {c['eval_images']} photos), "
           f"data {state['data']}, run dir {state['run_dir']}")
-    head = ["command", "phase", "wall", "driver RSS", "driver private", "largest trial private",
-            "all processes private", "object store"]
+    head = ["command", "phase", "wall", "driver RSS", "driver private", "driver heap", "largest trial private",
+            "largest trial heap", "all processes private", "object store"]
     table = [row for step in STEPS for row in rows(step, state["steps"].get(step, {}))]
     widths = [max(len(r[i]) for r in [head, *table]) for i in range(len(head))]
 

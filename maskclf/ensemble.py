@@ -25,19 +25,85 @@ def output_files(task: str = "all") -> tuple[str, ...]:
     return OUTPUT_FILES if task == "all" else tuple(f for f in OUTPUT_FILES if f != "submission.csv")
 
 
-def fold_results(cfg: Config, prep, ckpts: dict[int, Path]) -> dict[int, dict]:
-    """Each fold model's validation probabilities (``probs``), training ``history``, val macro F1 (``f1``), ``ckpt``."""
-    from maskclf import engine, folds, metrics, predict
+# One fold model's predictions: (its validation probabilities, its eval probabilities or None).
+FoldProbs = tuple[np.ndarray, "np.ndarray | None"]
+# Runs :func:`predict_fold` for every fold: (cfg, {fold: checkpoint}, train crops, {fold: its validation rows},
+# eval crops or None, log) -> {fold: FoldProbs}. :func:`predict_here` runs them one after the other in this
+# process; ``search.finalize`` passes one that runs them as Ray tasks on the cluster's workers.
+FoldRunner = Callable[..., dict[int, FoldProbs]]
 
-    device = str(engine.resolve_device(cfg.train.device))
+
+def predict_fold(cfg: Config, ckpt: Path | dict[str, bytes], images, rows: np.ndarray, eval_images=None,
+                 device: str | None = None) -> FoldProbs:
+    """One fold model's probabilities on its validation ``rows`` of the train crops ``images`` (read batch by
+    batch, never copied) and on ``eval_images`` where given. ``ckpt`` is a checkpoint folder, or its files as
+    bytes (:func:`checkpoint_files`) where the folder is on another machine. With ``train.threads`` set, the
+    figures are the same bit for bit wherever this runs (a Ray task, the driver); with torch's default they may
+    differ in the last digits between processes with different thread counts."""
+    import tempfile
+
+    import torch
+
+    from maskclf import engine, predict
+
+    device = str(engine.resolve_device(device or cfg.train.device))
+    with tempfile.TemporaryDirectory(prefix="maskclf-fold-") as tmp:
+        if isinstance(ckpt, dict):
+            for name, data in ckpt.items():
+                (Path(tmp) / name).write_bytes(data)
+            ckpt = Path(tmp)
+        net, ck_cfg = engine.load_model(ckpt, device)
+    kw = {"tta": cfg.finalize.tta, "batch_size": cfg.train.batch_size * 2, "device": device}
+    threads = torch.get_num_threads()
+    if cfg.train.threads > 0:  # as the fold trained: the same figures in any process with the same setting
+        torch.set_num_threads(cfg.train.threads)
+    try:
+        val = predict.model_probs(net, ck_cfg, Rows((images, rows)), **kw)
+        ev = predict.model_probs(net, ck_cfg, eval_images, **kw) if eval_images is not None else None
+    finally:
+        torch.set_num_threads(threads)
+    return val, ev
+
+
+def checkpoint_files(ckpt: Path) -> dict[str, bytes]:
+    """A checkpoint folder's files as bytes, to load it where the folder is not (:func:`predict_fold`)."""
+    return {f.name: f.read_bytes() for f in sorted(Path(ckpt).iterdir()) if f.is_file()}
+
+
+def predicted_line(k: int, rows, eval_images, done: int, of: int) -> str:
+    """The line that says a fold model's predictions are in."""
+    ev = f" and {len(eval_images)} eval images" if eval_images is not None else ""
+    return f"fold {k}: predicted {len(rows)} train images{ev} ({done}/{of} folds)"
+
+
+def predict_here(cfg: Config, ckpts: dict[int, Path], images, rows: dict[int, np.ndarray], eval_images,
+                 log: Callable[[str], None]) -> dict[int, FoldProbs]:
+    """:func:`predict_fold` for every fold, in this process."""
+    out = {}
+    for i, k in enumerate(sorted(ckpts)):
+        out[k] = predict_fold(cfg, ckpts[k], images, rows[k], eval_images)
+        log(predicted_line(k, rows[k], eval_images, i + 1, len(ckpts)))
+    return out
+
+
+def fold_results(cfg: Config, prep, ckpts: dict[int, Path], *, run_folds: FoldRunner | None = None,
+                 log: Callable[[str], None] = lambda s: None) -> dict[int, dict]:
+    """Each fold model's validation probabilities (``probs``), eval probabilities (``eval_probs``, where ``prep``
+    holds eval crops), training ``history``, val macro F1 (``f1``), ``ckpt``. ``run_folds`` runs the
+    predictions (default :func:`predict_here`); the results are the same wherever they run."""
+    from maskclf import engine, folds, metrics
+
+    rows = {k: folds.split(prep.train, k, cfg.folds.n, cfg.folds.seed)[1] for k in ckpts}
+    eval_images = prep.eval_crops.images if prep.eval_crops is not None else None
+    log(f"predicting with {len(ckpts)} fold models: {sum(map(len, rows.values()))} out-of-fold images"
+        + (f", {len(eval_images)} eval images" if eval_images is not None else "")
+        + f" (flip TTA {'on' if cfg.finalize.tta else 'off'})")
+    got = (run_folds or predict_here)(cfg, ckpts, prep.train_crops.images, rows, eval_images, log)
     results = {}
     for k in sorted(ckpts):
-        rows = folds.split(prep.train, k, cfg.folds.n, cfg.folds.seed)[1]
-        net, ck_cfg = engine.load_model(ckpts[k], device)
-        probs = predict.model_probs(net, ck_cfg, Rows((prep.train_crops.images, rows)), tta=cfg.finalize.tta,
-                                    batch_size=cfg.train.batch_size * 2, device=device)
-        results[k] = {"probs": probs, "history": engine.load_state(ckpts[k])["history"], "ckpt": ckpts[k],
-                      "f1": metrics.macro_f1(prep.labels(rows, cfg.model.task), probs.argmax(1))}
+        probs, ev = got[k]
+        results[k] = {"probs": probs, "eval_probs": ev, "history": engine.load_state(ckpts[k])["history"],
+                      "ckpt": ckpts[k], "f1": metrics.macro_f1(prep.labels(rows[k], cfg.model.task), probs.argmax(1))}
     return results
 
 
@@ -73,16 +139,11 @@ def _oof(cfg: Config, prep, results: dict[int, dict]) -> tuple:
 
 
 def _evaluate(cfg: Config, prep, results: dict[int, dict], out: Path, log: Callable[[str], None]) -> dict:
-    """The ensemble on the eval images: eval_probs.csv, submission.csv (18 classes only), and scores where
-    answers exist."""
-    from maskclf import engine, metrics, predict
+    """The ensemble on the eval images (each fold model's ``eval_probs``): eval_probs.csv, submission.csv
+    (18 classes only), and scores where answers exist."""
+    from maskclf import metrics, predict
 
-    ks = sorted(results)
-    device = str(engine.resolve_device(cfg.train.device))
-    members = predict.load_ensemble([results[k]["ckpt"] for k in ks], device)
-    log(f"predicting {len(prep.eval)} eval images with {len(ks)} fold models (flip TTA {'on' if cfg.finalize.tta else 'off'})")
-    each = predict.predict_each(members, prep.eval_crops.images, tta=cfg.finalize.tta,
-                                batch_size=cfg.train.batch_size * 2, device=device, log=log)
+    each = [results[k]["eval_probs"] for k in sorted(results)]
     probs = predict.soft_vote(each)
     predict.write_probs(prep.eval, probs, out / "eval_probs.csv")
     if cfg.model.task == "all":

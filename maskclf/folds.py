@@ -6,7 +6,6 @@ import warnings
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from maskclf.data import people
 from maskclf.labels import age_band
@@ -19,6 +18,8 @@ def assign(table: pd.DataFrame, n: int = 5, seed: int = 42) -> pd.Series:
     if len(per) < n:
         raise ValueError(f"{len(per)} people cannot be split into {n} folds")
     fold = np.empty(len(per), dtype=np.int64)
+    from sklearn.model_selection import StratifiedKFold  # here: scikit-learn takes a second to import
+
     skf = StratifiedKFold(n_splits=n, shuffle=True, random_state=seed)
     with warnings.catch_warnings():  # small demo sets have strata rarer than n; still balanced enough
         warnings.simplefilter("ignore", UserWarning)

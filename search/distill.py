@@ -26,7 +26,6 @@ import numpy as np
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError, cli
-from maskclf.samples import Rows
 from search import finalize as fin
 from search.experiment import epochs_done, study_dir
 from search.tracking import Tracker, trial_params, tracking_uri
@@ -100,7 +99,8 @@ def teacher_targets(cfg: Config, prep, source: Path, out: Path, log: Callable[[s
 
 def _ensemble_probs(cfg: Config, prep, source: Path, out: Path, log: Callable[[str], None]) -> np.ndarray:
     """The source ensemble's soft vote on every training image (flip TTA as its finalize used it), computed once."""
-    from maskclf import engine, predict
+    from maskclf import predict
+    from search import predictions
 
     cache = out / "teacher_probs.npy"
     if cache.is_file():
@@ -108,11 +108,12 @@ def _ensemble_probs(cfg: Config, prep, source: Path, out: Path, log: Callable[[s
         if len(probs) == len(prep.train):
             return probs
     teacher = json.loads((source / DONE_FILE).read_text())
-    ckpts = [source / "folds" / f"fold{k}" / "checkpoint" for k in teacher["folds"]]
-    device = str(engine.resolve_device(cfg.train.device))
-    log(f"teacher: the {len(ckpts)} fold models of {source} predict the {len(prep.train)} training images")
-    probs = predict.predict_crops(predict.load_ensemble(ckpts, device), prep.train_crops.images,
-                                  tta=bool(teacher.get("tta", True)), batch_size=cfg.train.batch_size * 2, device=device)
+    ckpts = {k: source / "folds" / f"fold{k}" / "checkpoint" for k in teacher["folds"]}
+    log(f"teacher: the {len(ckpts)} fold models of {source} predict the {len(prep.train)} training images on Ray")
+    every = np.arange(len(prep.train))
+    got = predictions.runner(cfg, log)(config_mod.apply(cfg, {"finalize.tta": bool(teacher.get("tta", True))}),
+                                       ckpts, prep.train_crops.images, {k: every for k in ckpts}, None, log)
+    probs = predict.soft_vote([got[k][0] for k in sorted(got)])
     tmp = out / "teacher_probs.tmp.npy"
     np.save(tmp, probs)
     tmp.replace(cache)
@@ -122,19 +123,17 @@ def _ensemble_probs(cfg: Config, prep, source: Path, out: Path, log: Callable[[s
 def _scores(cfg: Config, prep, ckpt: Path, source: Path, out: Path, log: Callable[[str], None]) -> dict:
     """The student on its validation fold (oof.csv) and on the eval images (eval_probs.csv, submission.csv),
     beside the ensemble's and the fold model's figures from the source's metrics.json."""
-    from maskclf import engine, folds, metrics, predict
+    from maskclf import folds, metrics, predict
+    from search import predictions
 
-    device = str(engine.resolve_device(cfg.train.device))
-    net, ck_cfg = engine.load_model(ckpt, device)
     k = cfg.distill.fold
     rows = folds.split(prep.train, k, cfg.folds.n, cfg.folds.seed)[1]
     labels = prep.labels(rows, cfg.model.task)
-    val = predict.model_probs(net, ck_cfg, Rows((prep.train_crops.images, rows)), tta=False,
-                              batch_size=cfg.train.batch_size * 2, device=device)
+    log(f"student: predicting its {len(rows)} validation images and {len(prep.eval)} eval images on Ray (one model, "
+        f"no flip TTA)")
+    [(val, ev)] = predictions.runner(cfg, log)(config_mod.apply(cfg, {"finalize.tta": False}), {k: ckpt},
+                                               prep.train_crops.images, {k: rows}, prep.eval_crops.images, log).values()
     predict.oof_table(prep.train, rows, np.full(len(rows), k), val, labels).to_csv(out / "oof.csv", index=False)
-    log(f"student: predicting {len(prep.eval)} eval images (one model, no flip TTA)")
-    ev = predict.model_probs(net, ck_cfg, prep.eval_crops.images, tta=False, batch_size=cfg.train.batch_size * 2,
-                             device=device)
     predict.write_probs(prep.eval, ev, out / "eval_probs.csv")
     if cfg.model.task == "all":
         predict.write_submission(prep.eval, ev, Path(cfg.data.root).expanduser() / "eval" / "info.csv",

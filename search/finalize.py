@@ -6,7 +6,8 @@ checkpointing every epoch to the study's Tune storage; each finished fold's chec
 to ``<run.dir>/<study>/final/folds/fold<k>/``. Running the command again continues an interrupted
 finalize: complete folds are loaded, unfinished ones resume from their last epoch. A finished
 finalize (``metrics.json`` written last) is never overwritten: the next goes to ``final-2/``. All
-MLflow writes come from the driver. With ``pseudo.enabled`` every fold also trains on the eval images
+MLflow writes come from the driver. The fold models' out-of-fold and eval predictions run as Ray tasks
+too (``search.predictions``), where the folds trained: the driver only averages, scores and writes them. With ``pseudo.enabled`` every fold also trains on the eval images
 that a finished finalize's ensemble is confident about (``pseudo_labels.csv``; never a validation fold).
 """
 
@@ -218,7 +219,7 @@ def run(cfg: Config, *, log: Callable[[str], None] = print) -> dict:
 
 def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str], None]) -> dict:
     from maskclf import dataset, ensemble
-    from search import crops, registry
+    from search import crops, predictions, registry
 
     prep = dataset.prepare(cfg, need_eval=True, log=log, run_shards=crops.runner(cfg, log))
     pseudo = _pseudo_labels(cfg, prep, log) if cfg.pseudo.enabled else None
@@ -229,7 +230,7 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
             tracker.log_artifact(parent, out / "pseudo_labels.csv")
             tracker.log_metrics(parent, {"pseudo_images": pseudo["taken"]})
         ckpts, notes = train_folds(cfg, prep, ks, out, tracker, parent, log)
-        results = ensemble.fold_results(cfg, prep, ckpts)
+        results = ensemble.fold_results(cfg, prep, ckpts, run_folds=predictions.runner(cfg, log), log=log)
         for i, k in enumerate(ks):
             note, node = notes[k]
             results[k].update(note=note, node=node)

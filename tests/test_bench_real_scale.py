@@ -9,8 +9,8 @@ import sys
 from tests.conftest import ROOT
 
 TUNE = ["start-up", "validation", "face crops", "trial start", "first epoch", "trials", "whole command"]
-FINALIZE = ["validation", "face crops", "fold start", "first epoch", "folds", "out-of-fold predictions",
-            "eval predictions", "files and model", "whole command"]
+FINALIZE = ["validation", "face crops", "fold start", "first epoch", "folds", "predictions", "files and model",
+            "whole command"]
 
 
 def _bench(tmp_path, results):
@@ -38,6 +38,7 @@ def test_real_scale_quick_mode_measures_every_phase_and_a_rerun_skips_it(tmp_pat
     for step in steps.values():
         for p in step["phases"]:
             assert p["wall_s"] > 0 and p["driver_rss"] > 0 and p["driver_private"] > 0, p
+            assert 0 < p["driver_heap"] <= p["driver_rss"], p  # the heap (anonymous memory) is resident
             assert p["all_private"] >= p["driver_private"] and p["object_store"] >= 0, p
         if len(step["phases"]) > 1:  # the phases follow one another from the command's start to its end
             *parts, whole = step["phases"]
@@ -45,7 +46,7 @@ def test_real_scale_quick_mode_measures_every_phase_and_a_rerun_skips_it(tmp_pat
     # Ray's processes are in the command's tree: the trial and fold processes were seen and measured
     for step in ("tune", "finalize"):
         phase = next(p for p in steps[step]["phases"] if p["phase"] == "first epoch")
-        assert phase["trial_private"] > 0 and phase["trial_processes"] >= 1, phase
+        assert phase["trial_private"] > 0 and phase["trial_heap"] > 0 and phase["trial_processes"] >= 1, phase
         names = steps[step]["processes"]
         assert "raylet" in names and any(n.startswith("ray::ImplicitFunc") for n in names), names
         assert not steps[step]["left_running"], steps[step]["left_running"]

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -117,6 +118,34 @@ def test_registered_model_predicts_in_a_fresh_process(study):
     labels = [int(v) for v in r.stdout.split("LABELS", 1)[1].split()]
     assert len(labels) == 4 and all(0 <= v < 18 for v in labels)
     assert labels[:3] == sub["ans"].tolist()  # the served model crops and votes exactly as finalize did
+
+
+def test_fold_models_predict_as_ray_tasks_exactly_as_in_one_process(study, monkeypatch):
+    from maskclf import dataset, engine
+    from search import predictions
+
+    cfg = study.cfg
+    prep = dataset.prepare(cfg, need_eval=True, log=lambda s: None, progress=False)
+    ckpts = {k: study.final / "folds" / f"fold{k}" / "checkpoint" for k in (0, 3)}
+    lines: list[str] = []
+    with monkeypatch.context() as m:  # the driver never loads a fold model: the Ray tasks' processes do
+        m.setattr(engine, "load_model", lambda *a, **k: pytest.fail("a fold model was loaded in the driver"))
+        on_ray = ensemble.fold_results(cfg, prep, ckpts, run_folds=predictions.runner(cfg, lines.append),
+                                       log=lines.append)
+    assert any(line.startswith("fold models as Ray tasks, 1 CPU each") for line in lines), lines
+    assert sum(line.startswith("fold ") and " predicted 84 train images and 70 eval images" in line
+               for line in lines) == 2, lines
+    here = ensemble.fold_results(cfg, prep, ckpts)
+    for k in ckpts:
+        assert on_ray[k]["probs"].shape == (84, 18) and on_ray[k]["eval_probs"].shape == (70, 18)
+        np.testing.assert_array_equal(on_ray[k]["probs"], here[k]["probs"])
+        np.testing.assert_array_equal(on_ray[k]["eval_probs"], here[k]["eval_probs"])
+        assert on_ray[k]["f1"] == here[k]["f1"]
+    # the shared finalize wrote what its own Ray tasks predicted: the same out-of-fold probabilities
+    oof = pd.read_csv(study.final / "oof.csv")
+    for k in ckpts:
+        written = oof[oof["fold"] == k][[f"p{c}" for c in range(18)]].to_numpy()
+        np.testing.assert_allclose(written, here[k]["probs"], atol=6e-6)
 
 
 def test_interrupted_finalize_retrains_only_the_unfinished_fold(study):
