@@ -30,8 +30,8 @@ pages that one process alone maps at the moment, so the object store's pages, a 
 and the shared libraries' pages that no other process has touched yet count too: a driver's private figure drops
 when trial processes load torch), and its heap (``Anonymous``: memory that is the process's own, in no file and
 in no shared memory: what a copy of the crops in a process would grow; the goal's "memory above the shared
-crops"). Trial and fold processes are the Ray actors named ``ray::ImplicitFunc...`` (or ``ray::_Inner...``) in
-/proc/PID/cmdline. The object store is the used bytes of /dev/shm less what was used when the command started
+crops"). Trial and fold processes (the "trial" columns) are the Ray actors named ``ray::ImplicitFunc...`` (or
+``ray::_Inner...``) in /proc/PID/cmdline, and the workers that run a fold model's predictions (``ray::predict_fold``). The object store is the used bytes of /dev/shm less what was used when the command started
 (Ray keeps its store there unless /dev/shm is too small; other users of /dev/shm move this figure too).
 
 The phases come from the command's own lines, timestamped as they arrive, and from the trials' own reports:
@@ -181,9 +181,10 @@ def cmdline(pid: int) -> str:
 
 
 def is_trial(cmd: str) -> bool:
-    """A Ray actor running a trial or a fold: Ray names the process after the actor's class and method
-    (``ray::ImplicitFunc.train`` for a function trainable, ``ray::_Inner`` for a wrapped class)."""
-    return cmd.startswith("ray::") and ("ImplicitFunc" in cmd or "_Inner" in cmd)
+    """A Ray actor running a trial or a fold, or a task running a fold model's predictions: Ray names the process
+    after the actor's class and method (``ray::ImplicitFunc.train`` for a function trainable, ``ray::_Inner`` for
+    a wrapped class) or the task's function (``ray::predict_fold``)."""
+    return cmd.startswith("ray::") and ("ImplicitFunc" in cmd or "_Inner" in cmd or "predict_fold" in cmd)
 
 
 def short_name(cmd: str) -> str:
