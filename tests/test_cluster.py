@@ -10,10 +10,11 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from maskclf import config
+from maskclf import config, dataset
 from maskclf.errors import InputError
 from search import finalize
 from search import experiment
@@ -89,11 +90,19 @@ def test_search_on_three_nodes_spreads_trials_and_never_reads_the_crop_cache(clu
     assert any((Path(cluster_run["search.storage_path"]) / "smoke").iterdir())  # Tune's records on shared storage
 
 
-def test_finalize_on_three_nodes_spreads_folds(cluster, cluster_run):
+def test_finalize_on_three_nodes_spreads_folds(cluster, cluster_run, smoke_data):
     best = Path(cluster_run["run.dir"]) / "smoke" / "best_config.yaml"
     cfg = finalize.load_best(SMOKE, best, [f"{k}={v}" for k, v in cluster_run.items()] + ["train.epochs=2"])
+    assert not Path(cluster_run["faces.cache_dir"]).exists()  # a trial of the search deleted it
     lines: list[str] = []
     m = finalize.run(cfg, log=lines.append)
+    # the train and eval crops were cut, and the fold models predicted, on the worker nodes: the head has no CPU
+    assert sum(line.startswith("face crops: shards as Ray tasks on 2 CPUs") for line in lines) == 2, lines
+    assert any(line.startswith("fold models as Ray tasks, 1 CPU each, on 2 CPUs") for line in lines), lines
+    on_workers = dataset.prepare(cfg, log=lambda s: None, progress=False).train_crops
+    here = dataset.prepare(config.apply(cfg, {"faces.cache_dir": str(smoke_data.parent / "cache")}),
+                           log=lambda s: None, progress=False).train_crops  # the session's, cut on one node
+    assert np.array_equal(on_workers.images, here.images) and on_workers.found.tolist() == here.found.tolist()
     assert m["folds"] == [0, 1, 2, 3, 4] and 0 <= m["oof_f1"] <= 1
     assert len(set(m["fold_nodes"].values())) == 2, m["fold_nodes"]
     out = Path(cluster_run["run.dir"]) / "smoke" / "final"

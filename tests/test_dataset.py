@@ -87,3 +87,49 @@ def test_train_cli_learns_and_resumes(smoke_cfg):
     more = _train(["--resume", str(out), f"train.epochs={smoke_cfg.train.epochs + 1}"])
     assert more.returncode == 0, more.stderr[-2000:]
     assert re.findall(r"^epoch\s+(\d+)", more.stdout, re.M) == [str(smoke_cfg.train.epochs + 1)]
+
+
+def _heap() -> int:
+    """This process's anonymous memory (its own; not a file's pages, not shared memory), in bytes."""
+    with open("/proc/self/smaps_rollup") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("Anonymous:"))
+
+
+@pytest.mark.integration
+def test_a_trial_trains_from_the_shared_crops_without_copying_them(smoke_cfg, tmp_path):
+    """A fold's training reads its rows of the shared crop array batch by batch: the process's own memory never
+    grows by the fold's share of the crops (a copy of the 80% would add 150 MB here)."""
+    import threading
+
+    from maskclf import data, engine, faces
+
+    cfg = config.apply(smoke_cfg, {"train.epochs": 1})
+    train = data.read_train(cfg.data.root, None, check_images=False)
+    n, size = len(train), 384  # 420 crops of 384 px: 186 MB in a memory-mapped file, as the crop cache keeps them
+    crops = np.lib.format.open_memmap(tmp_path / "crops.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+    crops[:] = (np.arange(n, dtype=np.uint8) * 37)[:, None, None, None]
+    crops.flush()
+    del crops
+    shared = np.load(tmp_path / "crops.npy", mmap_mode="r")
+    prep = dataset.Prepared(train, faces.FaceCrops(shared, np.zeros((n, 4), np.float32), np.zeros(n, bool),
+                                                   train["path"].tolist()))
+    peak, done = [0], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], _heap())
+
+    tr, va = prep.fold(cfg)
+    engine.fit(cfg, va, va, out_dir=tmp_path / "warm-up", log=lambda s: None)  # imports, torch's first buffers
+    before = _heap()
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        tr, va = prep.fold(cfg)
+        engine.fit(cfg, tr, va, out_dir=tmp_path / "trial", log=lambda s: None)
+    finally:
+        done.set()
+        watcher.join()
+    share = shared[: len(tr)].nbytes
+    assert len(tr) + len(va) == n and share > 140 * 2**20
+    assert peak[0] - before < share / 3, f"the heap grew by {(peak[0] - before) / 2**20:.0f} MB while training"
