@@ -49,6 +49,24 @@ def _quick_http(timeout: int) -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _one_at_a_time(folder: Path | None) -> Iterator[None]:
+    """Holds an exclusive lock on a SQLite store's folder: two processes that open a new store at once
+    (a search and its MLflow UI, two commands of one study) would both create its tables, and the
+    second would fail with "table ... already exists"; the same for the study's experiment."""
+    if folder is None:
+        yield
+        return
+    import fcntl
+
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
 def param_value(v: Any) -> str:
     s = f"{v:.4g}" if isinstance(v, float) else str(v)
     return s[:500]
@@ -81,14 +99,15 @@ class Tracker:
         from mlflow import MlflowClient
 
         self.uri = uri
-        artifacts = None
+        artifacts = folder = None
         if uri.startswith("sqlite:///"):
             db = Path(uri[len("sqlite:///"):])
             db.parent.mkdir(parents=True, exist_ok=True)
+            folder = db.parent
             # beside the database, not MLflow's default ./mlruns in whatever folder the command ran from
             artifacts = (db.parent / "mlartifacts").resolve().as_uri()
         try:
-            with _quick_http(timeout):
+            with _quick_http(timeout), _one_at_a_time(folder):
                 self.client = MlflowClient(tracking_uri=uri)
                 exp = self.client.get_experiment_by_name(study)
                 self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(

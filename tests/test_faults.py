@@ -18,6 +18,7 @@ import pytest
 from maskclf import config
 from search import cluster, experiment
 from search import tune as tune_mod
+from search.tracking import Tracker
 from tests.faults import ROOT, SMOKE, _args, _steps, _tracker
 
 
@@ -114,3 +115,27 @@ def test_a_finished_study_is_never_reused_with_another_config(smoke_cfg, tmp_pat
     assert r.returncode == 2
     assert "run.study=NAME" in r.stderr and "train.lr" in r.stderr and "Traceback" not in r.stderr
     assert (study / "best_config.yaml").read_text() == "kept"
+
+
+_OPEN_STORE = """
+import sys, time
+from search.tracking import Tracker
+while time.time() < float(sys.argv[2]):
+    time.sleep(0.01)
+Tracker(sys.argv[1], "racing")
+print("opened")
+"""
+
+
+@pytest.mark.integration
+def test_processes_that_open_a_new_sqlite_store_at_once_all_get_it(tmp_path):
+    """A search, its poller and a second command opening a store that does not exist yet: each would create
+    its tables and all but one would fail ("table ... already exists") if they did not take turns."""
+    uri = f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}"
+    start = str(time.time() + 15)  # every process has imported MLflow by then, so they open the store together
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_STORE, uri, start], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
+    assert all(out.strip() == "opened" for out, _ in outs)
+    assert len(Tracker(uri, "racing").client.search_experiments(filter_string="name = 'racing'")) == 1
