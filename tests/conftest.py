@@ -198,7 +198,9 @@ def start_mlflow_server(backend_uri: str, port: int, artifacts: Path | None = No
            "--backend-store-uri", backend_uri, "--workers", "1"]
     if artifacts is not None:
         cmd += ["--artifacts-destination", str(artifacts)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    # its job runner (GenAI evaluation jobs, a dozen processes) is nothing this project uses
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
     deadline = time.time() + 90
     while True:
         try:

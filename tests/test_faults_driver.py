@@ -24,8 +24,10 @@ pytestmark = pytest.mark.integration
 
 
 def test_driver_killed_mid_search_resumes_without_losing_or_repeating_work(smoke_cfg):
+    # a process per trial (the default, not the smoke config's reuse): trials that start in milliseconds could all
+    # finish while the second driver is still starting, and it would find no lock to be refused by
     args = _args(smoke_cfg, "killed", "search.num_samples=3", "search.max_concurrent=1", "train.epochs=6",
-                 "search.grace_period=6")
+                 "search.grace_period=6", "search.reuse_actors=false")
     cfg = config.load(SMOKE, args)
 
     def one_done_and_next_started():
