@@ -1,12 +1,13 @@
-"""For bench/gpu_check.sh: images/s per trial (the trials' result.json) and GPU use (an nvidia-smi log).
+"""For bench/gpu_check.sh: images/s and loader wait per trial (the trials' result.json) and GPU use (an
+nvidia-smi log).
 
     python bench/_gpu_report.py --trials DIR --gpu-log FILE --seconds S --command CMD [--results PATH]
 
-``--trials`` is the Tune experiment folder (or any folder above it); every ``result.json`` under
-it is one trial. ``--gpu-log`` is the output of ``nvidia-smi --query-gpu=timestamp,index,
-utilization.gpu,memory.used --format=csv -l 1``. GPU figures cover the trials' time only, from
-the first trial's start to the last trial's last report (data preparation and Ray start-up left
-out). Prints the table and appends one row to bench/RESULTS.md.
+``--trials`` is Tune's storage folder (or one experiment's folder); every ``result.json`` under it is
+one trial, named by its study (the experiment folder below ``--trials``). ``--gpu-log`` is the output of
+``nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv -l 1``. GPU figures
+are over each trial's own time, from its start to its last report (the demo data and Ray's start-up count
+only in the wall time). Prints the figures and appends one row per trial to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -22,18 +23,24 @@ from _results import append_row, machine
 
 
 def read_trials(folder: Path) -> list[dict]:
-    """Per trial: its parameters, epochs, mean images/s and [start, end] in Unix seconds."""
+    """Per trial (in the order they started): its study, parameters, epochs, mean images/s and loader wait
+    (the share of training time spent waiting for batches) over the steady epochs, and [start, end] in Unix
+    seconds."""
     trials = []
     for f in sorted(Path(folder).rglob("result.json")):
         rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
         if not rows:
             continue
-        # the first epoch pays CUDA/cuDNN warm-up; later epochs show the steady rate
+        # the first epoch pays CUDA/cuDNN warm-up and the loader workers' start; later epochs show the steady rate
         steady = rows[1:] or rows
-        trials.append({"config": rows[0].get("config", {}), "epochs": rows[-1]["epoch"],
+        waits = [r["loader_wait"] for r in steady if "loader_wait" in r]
+        parts = f.relative_to(folder).parts
+        trials.append({"study": parts[0] if len(parts) > 2 else Path(folder).name,
+                       "config": rows[0].get("config", {}), "epochs": rows[-1]["epoch"],
                        "images_per_s": sum(r["images_per_s"] for r in steady) / len(steady),
+                       "loader_wait": sum(waits) / len(waits) if waits else None,
                        "start": rows[0]["timestamp"] - rows[0]["time_this_iter_s"], "end": rows[-1]["timestamp"]})
-    return trials
+    return sorted(trials, key=lambda t: t["start"])
 
 
 def read_gpu_log(path: Path) -> list[tuple[float, str, float, float]]:
@@ -64,7 +71,11 @@ def gpu_use(samples: list[tuple[float, str, float, float]], start: float, end: f
 
 def _trial_name(t: dict) -> str:
     c = t["config"]
-    return " · ".join(str(c[k]) for k in ("model.backbone", "train.optimizer") if k in c) or "trial"
+    return " · ".join([t["study"], *(str(c[k]) for k in ("model.backbone", "train.optimizer") if k in c)])
+
+
+def _wait(t: dict) -> str:
+    return "-" if t["loader_wait"] is None else f"{t['loader_wait']:.0%}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -79,20 +90,22 @@ def main(argv: list[str] | None = None) -> int:
     if not trials:
         print(f"bench/_gpu_report.py: no trial results (result.json) under {args.trials}", file=sys.stderr)
         return 2
-    use = gpu_use(read_gpu_log(Path(args.gpu_log)), min(t["start"] for t in trials), max(t["end"] for t in trials))
-    per_trial = "; ".join(f"{_trial_name(t)} {t['images_per_s']:.0f}/s ({t['epochs']} ep)" for t in trials)
-    util = "; ".join(f"GPU {g}: {m:.0f}% / {x:.0f}%" for g, (m, x, _) in use.items()) or "no samples"
-    memory = "; ".join(f"GPU {g}: {mem:.0f} MiB" for g, (_, _, mem) in use.items()) or "-"
-    print(f"{len(trials)} trials in {args.seconds:.0f} s (whole search command)")
-    for t in trials:
-        print(f"  {_trial_name(t):32} {t['images_per_s']:8.0f} images/s  ({t['epochs']} epochs)")
-    print(f"  GPU utilisation during the trials, mean / max: {util}")
-    print(f"  GPU memory used, max: {memory}")
-    append_row("GPU check: the smoke search on CUDA, training images/s per trial and GPU utilisation",
-               ["date", "machine", "trials: images/s", "GPU util mean / max", "GPU memory max", "search wall",
-                "command"],
-               [str(datetime.date.today()), machine(), per_trial, util, memory, f"{args.seconds:.0f} s",
-                f"`{args.command}`"], args.results)
+    samples = read_gpu_log(Path(args.gpu_log))
+    cells = []
+    print(f"{len(trials)} trials in {args.seconds:.0f} s (the search commands)")
+    for t in trials:  # GPU use over each trial's own time
+        use = gpu_use(samples, t["start"], t["end"])
+        util = ", ".join(f"GPU {g} {m:.0f}% / {x:.0f}%" for g, (m, x, _) in use.items()) or "no GPU samples"
+        memory = ", ".join(f"GPU {g} {mem:.0f} MiB" for g, (_, _, mem) in use.items()) or "-"
+        print(f"  {_trial_name(t):40} {t['images_per_s']:8,.0f} images/s, waiting for the loader {_wait(t):>4} of the "
+              f"time, utilisation mean / max {util}, memory max {memory}  ({t['epochs']} epochs)")
+        cells.append([_trial_name(t), f"{t['images_per_s']:,.0f}", _wait(t), util, memory, str(t["epochs"])])
+    for cell in cells:
+        append_row("GPU check: a realistic trial on CUDA, training images/s, loader wait and GPU utilisation",
+                   ["date", "machine", "trial", "images/s", "waiting for the loader", "GPU util mean / max",
+                    "GPU memory max", "epochs", "searches' wall", "command"],
+                   [str(datetime.date.today()), machine(), *cell, f"{args.seconds:.0f} s", f"`{args.command}`"],
+                   args.results)
     return 0
 
 

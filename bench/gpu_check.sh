@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
-# The smoke search on a CUDA GPU: training images/s per trial and GPU utilisation, into bench/RESULTS.md.
+# A realistic GPU trial, once with the augmentation in the loader and once on the device: training images/s,
+# the share of each step spent waiting for the loader, GPU utilisation and memory, into bench/RESULTS.md.
 #
 #   bash bench/gpu_check.sh [--results PATH] [key=value ...]
 #
-# Runs `python -m search.tune --config conf/smoke.yaml` with search.gpus_per_trial=0.5 (both smoke
-# trials share one GPU) and train.device=cuda, in a fresh local Ray and a temporary run dir; extra
-# key=value overrides go to the search (e.g. search.gpus_per_trial=1 model.backbone=resnet18).
-# On CUDA, engine.fit trains with autocast (bf16 where supported, else fp16 with a grad scaler)
-# and channels_last. nvidia-smi samples utilisation and memory every second in the background;
-# bench/_gpu_report.py then reads each trial's per-epoch images/s (result.json) and the GPU figures
-# over the trials' time. PYTHON picks the interpreter (default: python).
+# Photos: the demo generator's (300 people, 2,100 photos at 384x512), cut at the fixed face box into crops of
+# 256 px (faces.method=center: this checks training, not the face detector). Each trial is
+# `python -m search.tune --config conf/competition.yaml` with one trial of 10 epochs (about 270 steps of 64):
+# EfficientNet-Lite0 with its offline ImageNet weights at 224 px, the strong preset, 4 loader workers, AMP
+# and channels_last, on one GPU; the first study sets train.augment_on=loader (albumentations in the
+# workers), the second train.augment_on=device (the workers only gather crops, the batch is augmented on
+# the GPU). Extra key=value overrides go to both searches. nvidia-smi samples utilisation and memory every
+# second; bench/_gpu_report.py reads each trial's per-epoch images/s and loader wait (result.json) and the GPU
+# figures over the trials' time. About three minutes on one current GPU. PYTHON picks the interpreter.
 # Without a usable GPU it prints one line on stderr and exits with code 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,13 +34,22 @@ if ! "$PY" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1
 fi
 
 run=$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-XXXXXX")
+"$PY" -m maskclf.demo --out "$run/data" --people 300 --eval-people 10 --quiet
+
 nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv -l 1 >"$run/gpu.csv" &
 smi=$!
 trap 'kill "$smi" 2>/dev/null || true' EXIT
 
 start=$SECONDS
-"$PY" -m search.tune --config conf/smoke.yaml "run.dir=$run/runs" search.gpus_per_trial=0.5 train.device=cuda \
-  search.address=local "$@"
+for where in loader device; do
+  "$PY" -m search.tune --config conf/competition.yaml "data.root=$run/data" data.corrections= \
+    "run.dir=$run/runs" "run.study=gpu-$where" search.address=local faces.method=center faces.size=256 \
+    model.backbone=tf_efficientnet_lite0 model.pretrained=true model.pretrained_source=offline \
+    "search.space={model.backbone: {choice: [tf_efficientnet_lite0]}}" search.num_samples=1 \
+    search.max_concurrent=1 search.scheduler=fifo search.gpus_per_trial=1 search.cpus_per_trial=4 \
+    train.device=cuda train.epochs=10 train.batch_size=64 train.image_size=224 train.augment=strong \
+    train.num_workers=4 train.amp=true train.channels_last=true "train.augment_on=$where" "$@"
+done
 seconds=$((SECONDS - start))
 kill "$smi" 2>/dev/null || true
 wait "$smi" 2>/dev/null || true

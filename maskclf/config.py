@@ -212,6 +212,7 @@ def value_problems(cfg: Config) -> list[str]:
     _check_choice(p, "model.head", cfg.model.head, list(model.HEADS))
     _check_choice(p, "model.pretrained_source", cfg.model.pretrained_source, list(weights.SOURCES))
     _check_choice(p, "train.augment", cfg.train.augment, list(transforms.PRESETS))
+    _check_choice(p, "train.augment_on", cfg.train.augment_on, ["auto", "loader", "device"])
     _check_choice(p, "train.loss", cfg.train.loss, list(losses.LOSSES))
     _check_choice(p, "train.sampler", cfg.train.sampler, list(sampling.SAMPLERS))
     _check_choice(p, "train.optimizer", cfg.train.optimizer, optim.optimizer_names())

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from maskclf import config as config_mod
-from maskclf import losses, metrics, optim, sampling, tasks, transforms
+from maskclf import batch_augment, losses, metrics, optim, sampling, tasks, transforms
 from maskclf import model as model_mod
 from maskclf.config import Config
 from maskclf.samples import Samples
@@ -59,6 +59,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def augment_on(t, device: torch.device) -> str:
+    """Where ``t`` (a train config) augments: ``loader`` or ``device`` (``auto``: the device when it is a GPU)."""
+    if t.augment_on == "auto":
+        return "device" if device.type == "cuda" else "loader"
+    return t.augment_on
+
+
 def make_loader(samples: Samples, tf, batch_size: int, workers: int = 0, sampler=None,
                 shuffle: bool = False, flip: bool = False) -> DataLoader:
     """The DataLoader that training and evaluation use over face crops (an array or rows of a shared one)."""
@@ -83,11 +90,12 @@ def _amp(device: torch.device, enabled: bool):
 
 
 class Normalizer:
-    """uint8 CHW batches from the loader -> the backbone's normalised float input, on ``device``."""
+    """uint8 CHW batches from the loader -> the backbone's normalised float input, on ``device`` (augmented and
+    resized there first when given ``augment``, a :class:`maskclf.batch_augment.BatchAugment`)."""
 
-    def __init__(self, net: model_mod.MaskNet, device: torch.device, channels_last: bool = False):
+    def __init__(self, net: model_mod.MaskNet, device: torch.device, channels_last: bool = False, augment=None):
         mean, std = model_mod.normalization(net)
-        self.device, self.channels_last = device, channels_last
+        self.device, self.channels_last, self.augment = device, channels_last, augment
         self.scale = (1 / (255 * torch.tensor(std))).view(1, -1, 1, 1).to(device)
         self.shift = (-torch.tensor(mean) / torch.tensor(std)).view(1, -1, 1, 1).to(device)
 
@@ -95,7 +103,8 @@ class Normalizer:
         if x.dtype != torch.uint8:  # a float batch would be normalised twice, silently
             raise TypeError(f"Normalizer takes the loader's uint8 batches, got {x.dtype}")
         x = x.to(self.device, non_blocking=True)
-        x = torch.addcmul(self.shift, x.float(), self.scale)  # (x / 255 - mean) / std as one multiply-add
+        x = x.float() if self.augment is None else self.augment(x)
+        x = torch.addcmul(self.shift, x, self.scale)  # (x / 255 - mean) / std as one multiply-add
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
@@ -148,7 +157,8 @@ class Training:
     """Everything one fit trains with: the model, its input pipeline, loss, optimizer and schedule."""
 
     net: model_mod.MaskNet
-    to_input: Normalizer
+    to_input: Normalizer  # evaluation batches
+    to_train_input: Normalizer  # training batches (augmented here when train.augment_on is device)
     train_dl: DataLoader
     val_dl: DataLoader
     criterion: torch.nn.Module
@@ -168,9 +178,16 @@ def setup(cfg: Config, train: Samples, val: Samples) -> Training:
     if t.channels_last:
         net = net.to(memory_format=torch.channels_last)
     counts = np.bincount(train.labels, minlength=tasks.num_classes(cfg.model.task))
-    train_tf = transforms.build(t.augment, size=t.image_size, train=True, seed=t.seed)
+    if augment_on(t, device) == "device":
+        train_tf = transforms.as_is()
+        to_train_input = Normalizer(net, device, t.channels_last,
+                                    batch_augment.BatchAugment(t.augment, t.image_size, device, t.seed))
+    else:
+        train_tf = transforms.build(t.augment, size=t.image_size, train=True, seed=t.seed)
+        to_train_input = to_input
     eval_tf = transforms.build("none", size=t.image_size, train=False)
-    train_dl = make_loader(train, train_tf, t.batch_size, t.num_workers, sampling.sampler(t.sampler, train.labels, t.seed),
+    train_dl = make_loader(train, train_tf, t.batch_size, t.num_workers,
+                           sampling.sampler(t.sampler, train.labels, t.seed),
                            shuffle=True)
     val_dl = make_loader(val, eval_tf, t.batch_size * 2, t.num_workers)
     criterion = losses.create(t.loss, counts, label_smoothing=t.label_smoothing, focal_gamma=t.focal_gamma)
@@ -182,7 +199,7 @@ def setup(cfg: Config, train: Samples, val: Samples) -> Training:
     sched = optim.scheduler(opt, t, len(train_dl))
     if sched is None or isinstance(sched, optim.Plateau):
         optim.scale_lrs(opt)
-    return Training(net, to_input, train_dl, val_dl, criterion, opt, sched, _amp(device, t.amp), device)
+    return Training(net, to_input, to_train_input, train_dl, val_dl, criterion, opt, sched, _amp(device, t.amp), device)
 
 
 def _resume(tr: Training, resume: Path, log: Callable[[str], None]) -> tuple[int, list[dict]]:
@@ -203,14 +220,17 @@ def _resume(tr: Training, resume: Path, log: Callable[[str], None]) -> tuple[int
 
 
 def train_one_epoch(tr: Training, epoch: int, t, progress: bool = False) -> dict:
-    """One pass over the training data: ``train_loss``, images seen and seconds spent."""
+    """One pass over the training data: ``train_loss``, images seen, seconds spent, and of them the seconds spent
+    waiting for the loader's next batch (``loader_wait``)."""
     tr.net.train()
     optim.freeze(tr.net, epoch < t.freeze_epochs)
     ctx, scaler = tr.amp
-    t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+    t0, seen, loss_sum, waited = time.perf_counter(), 0, 0.0, 0.0
     bar = tqdm(tr.train_dl, desc=f"epoch {epoch + 1}/{t.epochs}", leave=False, disable=not progress)
+    asked = time.perf_counter()
     for x, y, *soft in bar:
-        x, y = tr.to_input(x), y.to(tr.device, non_blocking=True)
+        waited += time.perf_counter() - asked  # the loader had no batch ready (loss.item() below synchronises CUDA)
+        x, y = tr.to_train_input(x), y.to(tr.device, non_blocking=True)
         with ctx:
             out = tr.net(x)
             loss = tr.criterion(out, y, soft[0].to(tr.device, non_blocking=True)) if soft else tr.criterion(out, y)
@@ -228,9 +248,11 @@ def train_one_epoch(tr: Training, epoch: int, t, progress: bool = False) -> dict
         loss_sum += loss.item() * len(y)
         seen += len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        asked = time.perf_counter()
     if not math.isfinite(loss_sum):
         raise FloatingPointError(f"training loss is {loss_sum} at epoch {epoch + 1} (lr {t.lr:g} too high?)")
-    return {"train_loss": loss_sum / max(seen, 1), "seen": seen, "train_time": time.perf_counter() - t0}
+    return {"train_loss": loss_sum / max(seen, 1), "seen": seen, "train_time": time.perf_counter() - t0,
+            "loader_wait": waited}
 
 
 def evaluate(tr: Training, val: Samples, amp: bool = True) -> dict:
@@ -269,7 +291,8 @@ def fit(
         ep = train_one_epoch(tr, epoch, t, progress)
         m = {"epoch": epoch + 1, "train_loss": ep["train_loss"], **evaluate(tr, val, t.amp),
              "lr": tr.opt.param_groups[0]["lr"], "epoch_time": time.perf_counter() - t0,
-             "images_per_s": ep["seen"] / max(ep["train_time"], 1e-9)}
+             "images_per_s": ep["seen"] / max(ep["train_time"], 1e-9),
+             "loader_wait": ep["loader_wait"] / max(ep["train_time"], 1e-9)}
         if tr.sched is not None:
             tr.sched.step(epoch + 1, m["val_f1"])
         history.append(m)

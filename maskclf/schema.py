@@ -58,6 +58,9 @@ class TrainConfig:
     batch_size: int = 64
     image_size: int = 96  # network input side, resized from the cached crop
     augment: str = "light"  # none | light | strong
+    # where the train augmentation and resize run: loader (albumentations in the DataLoader's workers), device
+    # (whole batches on the training device; the workers only gather crops), auto (device when training on a GPU)
+    augment_on: str = "auto"
     optimizer: str = "adamw"  # any timm optimizer name (adamw, adam, sgd, ...)
     lr: float = 1e-3  # the head's; the backbone's is lr * backbone_lr_scale
     backbone_lr_scale: float = 1.0  # < 1 fine-tunes pretrained features more gently than the new head learns

@@ -1,9 +1,8 @@
-"""albumentations pipelines by name, applied to cached face crops."""
+"""The augmentation presets, and the albumentations pipelines built from them for cached face crops."""
 
 from __future__ import annotations
 
 import os
-from typing import Callable
 
 # albumentations looks for a newer release online at import; offline machines would wait on it
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
@@ -11,35 +10,52 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-
-def _none() -> list:
-    return []
-
-
-def _light() -> list:
-    return [
-        A.HorizontalFlip(p=0.5),
-        A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.5),
-        A.Affine(scale=(0.95, 1.05), translate_percent=(-0.04, 0.04), rotate=(-8, 8), p=0.5),
-    ]
-
-
-def _strong() -> list:
-    return [
-        A.HorizontalFlip(p=0.5),
-        A.RandomBrightnessContrast(brightness_limit=0.25, contrast_limit=0.25, p=0.7),
-        A.HueSaturationValue(hue_shift_limit=8, sat_shift_limit=20, val_shift_limit=10, p=0.4),
-        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.08, 0.08), rotate=(-15, 15), p=0.7),
-        A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.MotionBlur(blur_limit=5)], p=0.3),
-        A.GaussNoise(std_range=(0.02, 0.08), p=0.3),
-        A.CoarseDropout(num_holes_range=(1, 3), hole_height_range=(0.08, 0.2), hole_width_range=(0.08, 0.2), p=0.4),
-    ]
+# A preset is a list of (operation, parameters), in the order they apply. Both training paths are built from it:
+# albumentations in the loader's workers (build) and batches on the training device (maskclf.batch_augment).
+Ops = list[tuple[str, dict]]
+PRESETS: dict[str, Ops] = {
+    "none": [],
+    "light": [
+        ("flip", {"p": 0.5}),
+        ("brightness_contrast", {"brightness": 0.15, "contrast": 0.15, "p": 0.5}),
+        ("affine", {"scale": (0.95, 1.05), "translate": 0.04, "rotate": 8, "p": 0.5}),
+    ],
+    "strong": [
+        ("flip", {"p": 0.5}),
+        ("brightness_contrast", {"brightness": 0.25, "contrast": 0.25, "p": 0.7}),
+        ("hsv", {"hue": 8, "sat": 20, "val": 10, "p": 0.4}),
+        ("affine", {"scale": (0.9, 1.1), "translate": 0.08, "rotate": 15, "p": 0.7}),
+        ("blur", {"kernel": (3, 5), "p": 0.3}),  # a Gaussian or a motion blur
+        ("noise", {"std": (0.02, 0.08), "p": 0.3}),  # a share of 255
+        ("dropout", {"holes": (1, 3), "size": (0.08, 0.2), "p": 0.4}),  # each side a share of the image's
+    ],
+}
 
 
-PRESETS: dict[str, Callable[[], list]] = {"none": _none, "light": _light, "strong": _strong}
+def albumentation(op: str, kw: dict) -> A.BasicTransform:
+    """One preset operation as an albumentations transform."""
+    p = kw["p"]
+    if op == "flip":
+        return A.HorizontalFlip(p=p)
+    if op == "brightness_contrast":
+        return A.RandomBrightnessContrast(brightness_limit=kw["brightness"], contrast_limit=kw["contrast"], p=p)
+    if op == "hsv":
+        return A.HueSaturationValue(hue_shift_limit=kw["hue"], sat_shift_limit=kw["sat"], val_shift_limit=kw["val"],
+                                    p=p)
+    if op == "affine":
+        t = kw["translate"]
+        return A.Affine(scale=kw["scale"], translate_percent=(-t, t), rotate=(-kw["rotate"], kw["rotate"]), p=p)
+    if op == "blur":
+        return A.OneOf([A.GaussianBlur(blur_limit=kw["kernel"]), A.MotionBlur(blur_limit=kw["kernel"])], p=p)
+    if op == "noise":
+        return A.GaussNoise(std_range=kw["std"], p=p)
+    if op == "dropout":
+        return A.CoarseDropout(num_holes_range=kw["holes"], hole_height_range=kw["size"], hole_width_range=kw["size"],
+                               p=p)
+    raise ValueError(f"no albumentations transform for preset operation '{op}'")
 
 
-def preset(name: str) -> Callable[[], list]:
+def preset(name: str) -> Ops:
     """Look up an augmentation preset by name."""
     if name not in PRESETS:
         raise ValueError(f"unknown augment '{name}'; choose from {sorted(PRESETS)}")
@@ -53,5 +69,11 @@ def build(name: str, *, size: int, train: bool, seed: int | None = None) -> A.Co
     :class:`maskclf.engine.Normalizer` normalises it in one vectorised step: a quarter of the
     bytes through DataLoader workers and host-to-GPU copies, and no per-sample float work.
     """
-    augs = preset(name)() if train else []
+    augs = [albumentation(op, kw) for op, kw in preset(name)] if train else []
     return A.Compose([*augs, A.Resize(size, size), ToTensorV2()], seed=seed)
+
+
+def as_is() -> A.Compose:
+    """The crop as it is, a uint8 CHW tensor: the loader's part when the batch is augmented and resized on the
+    training device (:class:`maskclf.batch_augment.BatchAugment`)."""
+    return A.Compose([ToTensorV2()])

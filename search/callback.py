@@ -30,7 +30,7 @@ from search.progress import error_line, outcome
 from search.tracking import KEY_TAG, Tracker, run_name, trial_params
 
 SHOWN = ("val_f1", "val_loss", "train_loss", "val_acc", "mask_acc", "gender_acc", "age_acc", "f1_lt30", "f1_30_59",
-         "f1_ge60", "lr", "epoch_time", "images_per_s")
+         "f1_ge60", "lr", "epoch_time", "images_per_s", "loader_wait")
 
 
 def _fold(trial) -> str:

@@ -23,6 +23,80 @@ def test_loader_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     assert "## Loader" in table and table.count("| 200 × 1 |") == 1
 
 
+def test_loader_feed_quick_mode_times_every_preset_path_and_worker_count(smoke_cfg, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    r = subprocess.run([sys.executable, "bench/loader.py", "--feed", "--quick", "--worker-counts", "0,1", "--results",
+                        str(results), "--config", str(SMOKE), f"data.root={smoke_cfg.data.root}",
+                        f"run.dir={smoke_cfg.run.dir}", f"faces.cache_dir={smoke_cfg.faces.cache_dir}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "CPU normalisation" in r.stdout and "device augmentation itself on this CPU" in r.stdout
+    table = results.read_text()
+    feed = table.split("## Feed: images/s per loader core")[1].split("\n## ")[0]
+    rows = [line for line in feed.splitlines() if line.startswith("| 20")]
+    assert len(rows) == 3 * 2 * 2  # presets x paths x worker counts
+    assert {tuple(c.strip() for c in line.split("|")[3:6]) for line in rows} == {
+        (p, path, w) for p in ("none", "light", "strong") for path in ("loader", "device") for w in ("0", "1")}
+    profile = table.split("## Feed: each augmentation operation's cost")[1]
+    assert "| strong | noise at 48 px |" in profile and "| light | resize to 32 px |" in profile
+    bad = subprocess.run([sys.executable, "bench/loader.py", "--feed", "--presets", "light,heavy", "--worker-counts",
+                          "0,x", "--results", str(results)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "--presets: unknown 'heavy'" in bad.stderr and "--worker-counts" in bad.stderr
+
+
+@pytest.mark.unit
+def test_gpu_report_reads_each_studys_trial_and_the_gpu_log_over_the_trials_time(tmp_path, monkeypatch):
+    """bench/_gpu_report.py on the files gpu_check.sh leaves: Tune's result.json lines and nvidia-smi's CSV log."""
+    import datetime
+    import json
+
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    import _gpu_report
+
+    monkeypatch.setattr(_gpu_report, "machine", lambda: "a test machine")  # platform.processor() runs uname
+    t0 = 1_800_000_000
+    for study, rate, wait in (("gpu-loader", 2500.0, 0.4), ("gpu-device", 5000.0, 0.02)):
+        trial = tmp_path / "tune" / study / "train_trial_1a2b_1_model_backbone=tf_efficientnet_lite0_2026-12-05"
+        trial.mkdir(parents=True)
+        lines = [{"epoch": e, "images_per_s": rate / 3 if e == 1 else rate, "loader_wait": 0.9 if e == 1 else wait,
+                  "timestamp": t0 + 10 * e, "time_this_iter_s": 10.0,
+                  "config": {"model.backbone": "tf_efficientnet_lite0"}} for e in (1, 2, 3)]
+        (trial / "result.json").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        t0 += 100
+
+    def stamp(t: float) -> str:  # nvidia-smi's timestamp column
+        return datetime.datetime.fromtimestamp(t).strftime("%Y/%m/%d %H:%M:%S.%f")[:-3]
+
+    log = ["timestamp, index, utilization.gpu [%], memory.used [MiB]",
+           f"{stamp(1_800_000_000 - 60)}, 0, 99 %, 80000 MiB",  # before the trials: left out
+           *(f"{stamp(1_800_000_000 + s)}, 0, {50 + s % 40} %, {10000 + s} MiB" for s in range(0, 131, 5)),
+           f"{stamp(1_800_000_000 + 131)}, 0, [N/A], [N/A]", "2026/12/05 01:00:0"]  # unreadable lines are skipped
+    (tmp_path / "gpu.csv").write_text("\n".join(log) + "\n")
+    results = tmp_path / "RESULTS.md"
+    assert _gpu_report.main(["--trials", str(tmp_path / "tune"), "--gpu-log", str(tmp_path / "gpu.csv"),
+                             "--seconds", "250", "--command", "bash bench/gpu_check.sh", "--results",
+                             str(results)]) == 0
+    rows = [line for line in results.read_text().split("## GPU check: a realistic trial on CUDA")[1].splitlines()
+            if line.startswith("| 20")]
+    # steady epochs only (the first pays the warm-up); the loader study first, as it ran first; GPU use over each
+    # trial's own time: the sample before the trials, the unreadable lines and the gap between them left out
+    first, second = ([c.strip() for c in row.split("|")[3:10]] for row in rows)
+    util = [50 + s % 40 for s in range(0, 131, 5)]
+    in_first = [u for s, u in zip(range(0, 131, 5), util) if s <= 30]
+    in_second = [u for s, u in zip(range(0, 131, 5), util) if 100 <= s <= 130]
+    assert first == ["gpu-loader · tf_efficientnet_lite0", "2,500", "40%",
+                     f"GPU 0 {sum(in_first) / len(in_first):.0f}% / {max(in_first):.0f}%", "GPU 0 10030 MiB", "3",
+                     "250 s"]
+    assert second == ["gpu-device · tf_efficientnet_lite0", "5,000", "2%",
+                      f"GPU 0 {sum(in_second) / len(in_second):.0f}% / {max(in_second):.0f}%", "GPU 0 10130 MiB",
+                      "3", "250 s"]
+    empty = tmp_path / "none"
+    empty.mkdir()
+    assert _gpu_report.main(["--trials", str(empty), "--gpu-log", str(tmp_path / "gpu.csv"), "--seconds", "1",
+                             "--command", "x", "--results", str(results)]) == 2
+
+
 def _quick(script: str, smoke_cfg, results, timeout: int = 300) -> subprocess.CompletedProcess:
     """``bench/<script> --quick`` on the smoke config, pointed at the test's data, run dir and results."""
     return subprocess.run([sys.executable, f"bench/{script}", "--quick", "--results", str(results), "--config",
