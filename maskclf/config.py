@@ -277,6 +277,18 @@ def value_problems(cfg: Config) -> list[str]:
     return p
 
 
+# What a config saved beside trained weights drops when it is loaded to rebuild or read them: the weights come
+# from the checkpoint, and the files that only training reads (ImageNet weights, the labels' corrections) may
+# not exist where the model is served or compared.
+_TRAINING_FILES = {"model.pretrained": False, "model.pretrained_file": "", "data.corrections": ""}
+
+
+def load_saved(path: str | Path) -> Config:
+    """The config saved beside a trained model (a checkpoint's, a finalize's ``config.yaml``), without its
+    training-only files."""
+    return load(path, dict(_TRAINING_FILES))
+
+
 def validate(cfg: Config) -> Config:
     """Raise InputError listing every bad value."""
     problems = value_problems(cfg)

@@ -52,7 +52,7 @@ class Part:
 
 def _final(run_dir: Path, spec: str) -> tuple[Path | None, str]:
     """The finished final folder a STUDY argument names, or None and why not."""
-    from search.finalize import DONE_FILE, finished
+    from search.outputs import DONE_FILE, finished
 
     path = Path(spec).expanduser() if ("/" in spec or spec.startswith(".")) else run_dir / spec
     if not path.is_dir():

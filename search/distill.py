@@ -26,25 +26,23 @@ import numpy as np
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError, cli
-from search import finalize as fin
 from search.experiment import epochs_done, study_dir
+from search.folds import train_folds
+from search.outputs import DONE_FILE, finished, output_dir, write_json
 from search.tracking import Tracker, trial_params, tracking_uri
-
-DONE_FILE = fin.DONE_FILE
-_SAVED = {"model.pretrained": False, "model.pretrained_file": "", "data.corrections": ""}
 
 
 def student_config(cfg: Config, overrides: list[str]) -> tuple[Config, Path]:
     """The student's config: the source finalize's config with ``overrides`` (a backbone, an image size,
     epochs, distill.* ...), validating the fold on ``distill.fold``; and the source folder."""
-    source, why = fin.finished(study_dir(cfg), cfg.distill.source)
+    source, why = finished(study_dir(cfg), cfg.distill.source)
     if source is None:
         raise InputError(f"distill.source: {why}")
     name = source.name if source.parent == study_dir(cfg) else str(source)
     student = config_mod.load(source / "config.yaml", [*overrides, f"distill.source={name}"])
     student = config_mod.apply(student, {"folds.fold": student.distill.fold, "finalize.tta": False,
                                          "finalize.folds": str(student.distill.fold), "pseudo.enabled": False})
-    teacher = config_mod.load(source / "config.yaml", dict(_SAVED))
+    teacher = config_mod.load_saved(source / "config.yaml")
     differ = [k for k in ("model.task", "data.root", "folds.n", "folds.seed", "faces.method", "faces.size",
                           "faces.margin") if config_mod.flat(student)[k] != config_mod.flat(teacher)[k]]
     if differ:
@@ -171,11 +169,11 @@ def _distill(cfg: Config, tracker: Tracker, log: Callable[[str], None]) -> dict:
     from maskclf import dataset
     from search import cluster, crops, registry
 
-    source, why = fin.finished(study_dir(cfg), cfg.distill.source)
+    source, why = finished(study_dir(cfg), cfg.distill.source)
     if source is None:
         raise InputError(f"distill.source: {why}")
     prep = dataset.prepare(cfg, need_eval=True, log=log, run_shards=crops.runner(cfg, log))
-    out = fin.final_dir(cfg, log, base="distill", sections=("distill",))
+    out = output_dir(cfg, log, base="distill", sections=("distill",))
     k = cfg.distill.fold
     if epochs_done(out / "folds" / f"fold{k}" / "checkpoint") < cfg.train.epochs:
         joined = cluster.connect(cfg, log)
@@ -194,7 +192,7 @@ def _distill(cfg: Config, tracker: Tracker, log: Callable[[str], None]) -> dict:
     parent = tracker.start("distill", f"distill · {cfg.run.study} · {cfg.model.backbone} · {out.name}", key=out.name,
                            params=params, tags={"distill_dir": str(out)})
     try:
-        ckpts, notes = fin.train_folds(cfg, prep, [k], out, tracker, parent, log)
+        ckpts, notes = train_folds(cfg, prep, [k], out, tracker, parent, log)
         m = _scores(cfg, prep, ckpts[k], source, out, log)
         m.update(used)
         m["trained"] = notes[k][0]
@@ -208,7 +206,7 @@ def _distill(cfg: Config, tracker: Tracker, log: Callable[[str], None]) -> dict:
                                                tags={"student_of": source.name, "distill_dir": str(out),
                                                      "val_f1": f"{m['val_f1']:.4f}"})
         tracker.log_text(parent, json.dumps(m, indent=2), DONE_FILE)
-        fin.write_json(out / DONE_FILE, m)
+        write_json(out / DONE_FILE, m)
     except BaseException as e:  # the run shows how it ended; the next command continues it
         tracker.finish(parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise

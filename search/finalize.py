@@ -6,32 +6,27 @@ checkpointing every epoch to the study's Tune storage; each finished fold's chec
 to ``<run.dir>/<study>/final/folds/fold<k>/``. Running the command again continues an interrupted
 finalize: complete folds are loaded, unfinished ones resume from their last epoch. A finished
 finalize (``metrics.json`` written last) is never overwritten: the next goes to ``final-2/``. All
-MLflow writes come from the driver. The fold models' out-of-fold and eval predictions run as Ray tasks
-too (``search.predictions``), where the folds trained: the driver only averages, scores and writes them. With ``pseudo.enabled`` every fold also trains on the eval images
+MLflow writes come from the driver. The folds train as in ``search.folds``; the fold models' out-of-fold and
+eval predictions run as Ray tasks too (``search.predictions``), where the folds trained: the driver only
+averages, scores and writes them. With ``pseudo.enabled`` every fold also trains on the eval images
 that a finished finalize's ensemble is confident about (``pseudo_labels.csv``; never a validation fold).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 from maskclf import config as config_mod
 from maskclf.config import Config
-from maskclf.errors import InputError, RunFailed, cli
-from search.tracking import Tracker, trial_params, tracking_uri
+from maskclf.errors import InputError, cli
 from search.experiment import epochs_done, study_dir
-
-DONE_FILE = "metrics.json"  # written last: its presence marks a finished finalize
-# Keys that change where or how fast a fold trains, not the model it yields.
-_RUNTIME_KEYS = {"folds.fold", "train.device", "train.num_workers", "train.threads", "faces.device",
-                 "faces.batch_size", "faces.cache_dir"}
-
+from search.folds import train_folds
+from search.outputs import DONE_FILE, finished, output_dir, write_json
+from search.tracking import Tracker, trial_params, tracking_uri
 
 def load_best(config_path: str | Path | None, best: str | Path | None, overrides: list[str]) -> Config:
     """The best config of the study (``--best`` or ``<run.dir>/<study>/best_config.yaml``) with ``overrides``."""
@@ -64,45 +59,6 @@ def fold_list(cfg: Config) -> list[int]:
     return ks
 
 
-def _model_keys(cfg: Config, sections: tuple[str, ...] = ()) -> dict:
-    """What makes two runs train the same models: data, crops, folds, model, training (and a pseudo-label
-    round's settings where one ran, and ``sections``)."""
-    keep = ("data", "faces", "folds", "model", "train", *(("pseudo",) if cfg.pseudo.enabled else ()), *sections)
-    return {k: v for k, v in config_mod.flat(cfg).items()
-            if (k.split(".")[0] in keep or k == "pseudo.enabled") and k not in _RUNTIME_KEYS}
-
-
-def final_dir(cfg: Config, log: Callable[[str], None] = print, base: str = "final",
-              sections: tuple[str, ...] = ()) -> Path:
-    """``final/``, or ``final-2/``, ...: the first that is new or an interrupted run of the same models
-    (``base`` names another kind of run: ``distill``, with the keys of ``sections`` compared too)."""
-    first, n = study_dir(cfg) / base, 1
-    while True:
-        path = first if n == 1 else first.with_name(f"{base}-{n}")
-        if not path.exists():
-            return path
-        if not (path / DONE_FILE).is_file():
-            saved = path / "config.yaml"
-            if not saved.is_file() or _model_keys(config_mod.load(saved), sections) == _model_keys(cfg, sections):
-                return path
-            log(f"{path} holds an interrupted {base} of another configuration; leaving it as it is")
-        n += 1
-
-
-def finished(study: Path, name: str = "") -> tuple[Path | None, str]:
-    """The finished finalize ``name`` of the study folder ``study`` (a folder name or a path; "" = the newest),
-    or None and why not."""
-    if name:
-        path = Path(name).expanduser() if ("/" in name or name.startswith(".")) else study / name
-        if (path / DONE_FILE).is_file():
-            return path, ""
-        return None, f"{path} is not a finished finalize (no {DONE_FILE})"
-    done = [p for p in study.glob("final*") if (p / DONE_FILE).is_file()]
-    if not done:
-        return None, f"{study} holds no finished finalize: run `python -m search.finalize run.study={study.name}` first"
-    return max(done, key=lambda p: (p / DONE_FILE).stat().st_mtime), ""
-
-
 def _log_fold(tracker: Tracker, parent: str, cfg: Config, k: int, res: dict) -> None:
     """The end of the fold's child run (its epochs are logged by MlflowTrials as it trains): final F1, how
     this finalize got it, where it trained."""
@@ -118,75 +74,9 @@ def _log_fold(tracker: Tracker, parent: str, cfg: Config, k: int, res: dict) -> 
     tracker.finish(run)
 
 
-def train_folds(cfg: Config, prep, ks: list[int], out: Path, tracker: Tracker, parent: str,
-                 log: Callable[[str], None]) -> tuple[dict[int, Path], dict[int, tuple[str, str | None]]]:
-    """Every selected fold's checkpoint in ``out``, and how this run got it; only unfinished folds train."""
-    ckpt = {k: out / "folds" / f"fold{k}" / "checkpoint" for k in ks}
-    todo = [k for k in ks if epochs_done(ckpt[k]) < cfg.train.epochs]
-    notes = {k: ("checkpoint complete, not retrained", None) for k in ks if k not in todo}
-    if todo:
-        notes.update(_run_folds(cfg, prep, ks, todo, out, tracker, parent, log))
-    return ckpt, notes
-
-
-def _run_folds(cfg: Config, prep, ks: list[int], todo: list[int], out: Path, tracker: Tracker, parent: str,
-               log: Callable[[str], None]) -> dict[int, tuple[str, str]]:
-    """The folds in ``todo`` as one Tune experiment (a grid over ``folds.fold``, the search's trainable, no
-    searcher, no early stopping), restored when an earlier run of this finalize was interrupted. Each fold's
-    checkpoint is copied into ``out`` as it finishes. Returns how each fold was trained, and where."""
-    from ray import tune
-
-    from search import cluster, experiment
-    from search.callback import MlflowTrials
-    from search.progress import FoldCheckpoints
-
-    name = f"{cfg.run.study}-{out.name}-folds{'_'.join(map(str, ks))}"
-    for k in todo:
-        log(f"fold {k}: training ({cfg.train.epochs} epochs) -> {out / 'folds' / f'fold{k}'}")
-    callbacks = [MlflowTrials(tracker.uri, cfg, parent=parent, folds=True), FoldCheckpoints(out, cfg.train.epochs)]
-    # the workers need the train crops (and any pseudo-labelled images or soft targets), not the eval crops
-    shipped = dataclasses.replace(prep, eval=None, eval_crops=None, answers=None)
-    results = experiment.fit(
-        cfg, name, experiment.trainable(cfg, experiment.object_store_ready(shipped)),
-        callbacks=callbacks, log=log, param_space={"folds.fold": tune.grid_search(todo)},
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=cfg.search.reuse_actors), what="finalize")
-    callbacks[0].sync(results)
-    notes, failed = {}, []
-    for r in results:
-        k = int(r.config["folds.fold"])
-        if k not in todo:  # a restored experiment also lists the folds whose checkpoints are in out/ already
-            continue
-        if r.error is not None:  # the other folds still finish and keep their checkpoints
-            failed.append(f"fold {k} failed ({type(r.error).__name__}: {str(r.error).strip().splitlines()[-1][:300]})")
-            log(failed[-1])
-            continue
-        dest = out / "folds" / f"fold{k}" / "checkpoint"
-        if epochs_done(dest) < cfg.train.epochs:  # FoldCheckpoints copied it when the fold finished, unless killed
-            experiment.copy_checkpoint(r.checkpoint, dest)
-        m = r.metrics or {}
-        epochs, since = int(m.get("epoch", 0)), int(m.get("iterations_since_restore", 0) or 0)
-        first = epochs - since + 1 if since else epochs + 1
-        what = f"trained epochs {first}-{epochs}" if first <= epochs else f"trained to epoch {epochs} before"
-        notes[k] = (f"{what} on node {m.get('node', '-')}", m.get("node"))
-    if failed:
-        raise RuntimeError("; ".join(failed) + " -- run the same command again to resume")
-    missing = [k for k in todo if k not in notes]
-    if missing:  # a fold's checkpoint was deleted from out/ after the interrupted experiment had started without it
-        raise RunFailed(f"fold(s) {', '.join(map(str, missing))} are not in the interrupted finalize experiment at "
-                        f"{os.path.join(cluster.storage_path(cfg), name)}; delete that folder to train them")
-    cluster.remove_experiment(cfg, name)  # every fold's checkpoint is in out/ now
-    return notes
-
-
-def write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
-
-
 def _start(cfg: Config, tracker: Tracker, ks: list[int], log: Callable[[str], None]) -> tuple[Path, str]:
     """The final dir (new or continued) with the config used, and its MLflow finalize run."""
-    out = final_dir(cfg, log)
+    out = output_dir(cfg, log)
     if any(epochs_done(out / "folds" / f"fold{k}" / "checkpoint") < cfg.train.epochs for k in ks):
         from search import cluster
 
@@ -277,8 +167,7 @@ def _pseudo_labels(cfg: Config, prep, log: Callable[[str], None]) -> dict:
     source, why = finished(study_dir(cfg), cfg.pseudo.source)
     if source is None:
         raise InputError(f"pseudo.source: {why}")
-    saved = config_mod.load(source / "config.yaml", {"model.pretrained": False, "model.pretrained_file": "",
-                                                      "data.corrections": ""})
+    saved = config_mod.load_saved(source / "config.yaml")
     differ = [k for k in ("model.task", "data.root", "folds.n", "folds.seed")
               if config_mod.flat(saved)[k] != config_mod.flat(cfg)[k]]
     if differ:

@@ -15,11 +15,9 @@ from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError
 from search import space as space_mod
+from search.outputs import RUNTIME_KEYS  # a warm start ignores them
 
 PART_ATTR, LOST_ATTR, FROM_ATTR = "maskclf.part", "maskclf.lost", "maskclf.from"
-# Keys that change where or how fast a trial trains, not its result: a warm start ignores them.
-_RUNTIME_KEYS = {"train.device", "train.num_workers", "train.threads", "faces.device", "faces.batch_size",
-                 "faces.cache_dir"}
 # Where this run's driver finds each study's storage (``search.optuna_search.searcher`` sets it): a
 # restored searcher reconnects there, not to the URL pickled when its experiment started (the run dir may
 # have moved).
@@ -133,7 +131,7 @@ def _source(cfg: Config, name: str) -> tuple[Path, str, str]:
 
 def _fixed(cfg: Config) -> dict[str, Any]:
     return {k: v for k, v in config_mod.flat(cfg).items()
-            if k.split(".")[0] in ("data", "faces", "folds", "model", "train") and k not in _RUNTIME_KEYS}
+            if k.split(".")[0] in ("data", "faces", "folds", "model", "train") and k not in RUNTIME_KEYS}
 
 
 def warm_trials(cfg: Config, log: Callable[[str], None] = print) -> list[dict]:

@@ -67,3 +67,14 @@ def test_the_model_core_never_imports_the_search_layer():
     edges = _imports(_modules())
     wrong = {m: sorted(n for n in ns if n.startswith("search")) for m, ns in edges.items() if m.startswith("maskclf")}
     assert not any(wrong.values()), wrong
+
+
+COMMANDS = ("search.tune", "search.finalize", "search.distill", "search.combine")
+
+
+def test_no_command_imports_another():
+    """What two commands share lives in the search layer's modules, not in one of the commands."""
+    edges = _imports(_modules())
+    assert all(c in edges for c in COMMANDS)
+    wrong = {c: sorted(n for n in edges[c] if n in COMMANDS) for c in COMMANDS}
+    assert not any(wrong.values()), wrong
