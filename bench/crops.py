@@ -5,7 +5,7 @@
 Builds the crop cache entry of the first ``--images`` train photos of the config's dataset (the demo's
 384x512 JPEGs by default) in fresh temporary folders, with the config's crop settings:
 
-- ``one process``: ``maskclf.faces.build_crop_cache`` as ``maskclf.train`` and the bench scripts run it, every
+- ``one process``: ``maskclf.crop_cache.build_crop_cache`` as ``maskclf.train`` and the bench scripts run it, every
   shard in this process with torch's default threads (what a command's driver did before shards ran on Ray);
 - ``Ray tasks``: the same call with ``search.crops.runner``: each shard of ``--shard-size`` photos a Ray task
   with one CPU, on a private local Ray started beforehand (its start-up is not timed: a command has its Ray
@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._results import RESULTS, append_row, machine  # noqa: E402
-from maskclf import config, data, dataset, engine, faces  # noqa: E402
+from maskclf import config, crop_cache, data, dataset, engine, faces, inputs  # noqa: E402
 from maskclf.errors import cli  # noqa: E402
 
 SECTION = "Face crops: one process against shards on Ray"
@@ -40,8 +40,8 @@ def _build(paths: list[str], cfg: config.Config, shard_size: int, run_shards=Non
     f = cfg.faces
     with tempfile.TemporaryDirectory(prefix="bench-crops-") as tmp:
         t0 = time.perf_counter()
-        crops = faces.build_crop_cache(paths, Path(tmp), method=f.method, size=f.size, margin=f.margin,
-                                       batch_size=f.batch_size, device=str(engine.resolve_device(f.device)),
+        crops = crop_cache.build_crop_cache(paths, Path(tmp), method=f.method, size=f.size, margin=f.margin,
+                                       batch_size=f.batch_size, device=str(inputs.resolve_device(f.device)),
                                        progress=False, log=lambda s: None, shard_size=shard_size,
                                        run_shards=run_shards)
         seconds = time.perf_counter() - t0

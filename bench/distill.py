@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskclf import config, dataset, engine
+from maskclf import config, dataset, engine, inputs
 from maskclf.errors import InputError, cli
 from search.experiment import study_dir
 
@@ -69,7 +69,7 @@ def models(study: Path) -> list[dict]:
                         "probs": None, "measure": True})
     timed = set()  # students of one backbone and input size run at one speed: the first is timed
     for s in students:
-        sm, sc = _done(s), config.load(s / "config.yaml", {"model.pretrained": False, "data.corrections": ""})
+        sm, sc = _done(s), config.load_saved(s / "config.yaml")
         if sm["alpha"] == 0:
             taught = f"hard labels only (alpha 0; {sm['source']}'s pseudo-labels)" if sm.get(
                 "pseudo_labelled_eval_images") else "hard labels only (alpha 0)"
@@ -95,7 +95,7 @@ def eval_probs(t: dict, prep, cfg: config.Config) -> np.ndarray:
     if t["probs"] is not None:
         table = pd.read_csv(t["probs"]).set_index("ImageID").reindex(ids)
         return table[[c for c in table.columns if c.startswith("p")]].to_numpy()
-    device = str(engine.resolve_device(cfg.train.device))
+    device = str(inputs.resolve_device(cfg.train.device))
     members = predict.load_ensemble(t["ckpts"], device)
     return predict.predict_crops(members, prep.eval_crops.images, tta=t["tta"], device=device)
 
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"{cfg.data.root}: no eval/answers.csv, so no eval F1 to compare")
     n = min(64 if args.quick else args.images, len(prep.eval))
     paths, crops = prep.eval["path"].iloc[:n].tolist(), np.asarray(prep.eval_crops.images[:n])
-    print(f"{len(prep.eval)} eval images scored, {n} timed; {engine.resolve_device(cfg.train.device)}, "
+    print(f"{len(prep.eval)} eval images scored, {n} timed; {inputs.resolve_device(cfg.train.device)}, "
           f"{torch.get_num_threads()} thread(s)")
     cmd = "python bench/distill.py " + " ".join(argv if argv is not None else sys.argv[1:])
     base = None

@@ -6,7 +6,7 @@ The dataset's own image files (384x512 JPEGs, some PNGs, as the real data mixes 
 once, then ``maskclf.faces.crop_arrays`` crops them with the config's crop settings
 (``faces.method``/``size``/``margin``/``device``), first in batches of ``faces.batch_size``, then
 with ``batch_size=1``: detection and cropping only, decoding is not timed. The crop cache is timed
-through ``maskclf.faces.build_crop_cache`` in a fresh temporary folder: a first call (a miss:
+through ``maskclf.crop_cache.build_crop_cache`` in a fresh temporary folder: a first call (a miss:
 decode, detect, crop, write) and a second call with the same files and settings (a hit: stat the
 files, hash, memory-map the crops); then a hit on the whole train set, whose entry data
 preparation has just made in the config's cache folder. Prints the figures and appends them to bench/RESULTS.md.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from maskclf import config, dataset, engine, faces, predict
+from maskclf import config, crop_cache, dataset, engine, faces, inputs, predict
 from maskclf.errors import cli
 from maskclf.schema import FacesConfig
 
@@ -44,9 +44,9 @@ def _cache_times(paths: list[str], f: FacesConfig, device: str) -> tuple[float, 
               progress=False, log=lambda s: None)
     with tempfile.TemporaryDirectory(prefix="bench-faces-") as tmp:
         t0 = time.perf_counter()
-        faces.build_crop_cache(paths, Path(tmp), **kw)
+        crop_cache.build_crop_cache(paths, Path(tmp), **kw)
         t1 = time.perf_counter()
-        faces.build_crop_cache(paths, Path(tmp), **kw)
+        crop_cache.build_crop_cache(paths, Path(tmp), **kw)
         return t1 - t0, time.perf_counter() - t1
 
 
@@ -54,7 +54,7 @@ def _hit_time(paths: list[str], cfg: config.Config, device: str) -> float:
     """Seconds of ``build_crop_cache`` on ``paths`` in the config's cache folder, where their entry exists."""
     f = cfg.faces
     t0 = time.perf_counter()
-    faces.build_crop_cache(paths, config.cache_dir(cfg), method=f.method, size=f.size, margin=f.margin,
+    crop_cache.build_crop_cache(paths, config.cache_dir(cfg), method=f.method, size=f.size, margin=f.margin,
                            batch_size=f.batch_size, device=device, progress=False, log=lambda s: None)
     return time.perf_counter() - t0
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     prep = dataset.prepare(cfg, log=lambda s: print(s, file=sys.stderr), progress=False)
     n = min(32 if args.quick else args.images, len(prep.train))
     paths = prep.train["path"].iloc[:n].tolist()
-    f, device = cfg.faces, str(engine.resolve_device(cfg.faces.device))
+    f, device = cfg.faces, str(inputs.resolve_device(cfg.faces.device))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     images = [predict.read_rgb(x) for x in paths]

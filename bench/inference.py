@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from maskclf import config, dataset, engine, predict
+from maskclf import config, dataset, engine, inputs, predict
 from maskclf.errors import cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpts = train_folds(cfg, prep, Path(tmp))
         sets = {f"ensemble of {len(ckpts)}": ckpts, "single model": ckpts[:1]}
         rates = {name: measure(ensemble(c, cfg), paths, crops) for name, c in sets.items()}
-    device = str(engine.resolve_device(cfg.train.device))
+    device = str(inputs.resolve_device(cfg.train.device))
     print(f"{n} eval images, {cfg.model.backbone} at {cfg.train.image_size}px, flip TTA "
           f"{'on' if cfg.finalize.tta else 'off'}, {device}, {torch.get_num_threads()} thread(s); images/s:")
     if n < max(BATCHES):

@@ -6,7 +6,7 @@ with ``--feed``, what a GPU trial's loader can feed per core.
                            [--results PATH] [--config conf/competition.yaml] [key=value ...]
 
 "ours" iterates the DataLoader that ``maskclf.engine.fit`` uses (cached uint8 crops through the
-train augmentation and resize) and normalises each batch as ``fit`` does (``engine.Normalizer``,
+train augmentation and resize) and normalises each batch as ``fit`` does (``inputs.Normalizer``,
 here on the CPU). "baseline" is the approach of the competition's public baseline code: open each
 384x512 JPEG with PIL every epoch, then crop, resize and normalise with torchvision transforms.
 Both give the same tensor size with the same number of workers, which persist across epochs;
@@ -37,7 +37,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms as T
 
-from maskclf import config, dataset, engine, model, transforms
+from maskclf import config, dataset, engine, inputs, model, transforms
 from maskclf.errors import InputError, cli
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -133,13 +133,13 @@ def feed(args, cfg: config.Config, argv: list[str] | None) -> int:
     batches = [torch.from_numpy(crops[i:i + bs]).permute(0, 3, 1, 2).contiguous() for i in range(0, n, bs)]
     resized = [torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear").to(torch.uint8)
                for x in batches]
-    norm = _batch_rate(engine.Normalizer(net, torch.device("cpu")), resized, repeats)
+    norm = _batch_rate(inputs.Normalizer(net, torch.device("cpu")), resized, repeats)
     print(f"  CPU normalisation of {size}-px batches (on the device in a GPU trial): {norm:,.0f} images/s")
     for preset in presets:
         for path in ("loader", "device"):
             tf = transforms.build(preset, size=size, train=True, seed=0) if path == "loader" else transforms.as_is()
             for w in workers:
-                dl = engine.make_loader(samples, tf, bs, w, shuffle=True)
+                dl = inputs.make_loader(samples, tf, bs, w, shuffle=True)
                 rate = _loader_rate(dl, n, repeats)
                 del dl
                 per_core = rate / max(w, 1)
@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     epochs = 1 if args.quick else 3
     samples = prep.samples(rows, cfg.data.age_old)
     size, bs = cfg.train.image_size, cfg.train.batch_size
-    to_input = engine.Normalizer(engine.build_model(cfg), torch.device("cpu"))
-    ours = engine.make_loader(samples, transforms.build(cfg.train.augment, size=size, train=True),
+    to_input = inputs.Normalizer(engine.build_model(cfg), torch.device("cpu"))
+    ours = inputs.make_loader(samples, transforms.build(cfg.train.augment, size=size, train=True),
                               bs, args.workers, shuffle=True)
     base = DataLoader(_JpegDataset(prep.train["path"].iloc[rows].tolist(), samples.labels, size), batch_size=bs,
                       shuffle=True, num_workers=args.workers, persistent_workers=args.workers > 0)

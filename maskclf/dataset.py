@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from maskclf import config as config_mod
-from maskclf import data, faces, folds, tasks
+from maskclf import crop_cache, data, faces, folds, tasks
 from maskclf.config import Config
 from maskclf.engine import resolve_device
 from maskclf.samples import Rows, Samples
@@ -101,7 +101,7 @@ def ensure_demo(cfg: Config, log: Callable[[str], None] = print) -> Path:
 def _crops(cfg: Config, paths: list[str], log: Callable[[str], None], progress: bool,
            run_shards: Callable | None) -> faces.FaceCrops:
     f = cfg.faces
-    return faces.build_crop_cache(
+    return crop_cache.build_crop_cache(
         paths, config_mod.cache_dir(cfg), method=f.method, size=f.size, margin=f.margin,
         batch_size=f.batch_size, device=str(resolve_device(f.device)), progress=progress, log=log,
         run_shards=run_shards,
@@ -111,7 +111,7 @@ def _crops(cfg: Config, paths: list[str], log: Callable[[str], None], progress: 
 def prepare(cfg: Config, *, need_eval: bool = False, log: Callable[[str], None] = print,
             progress: bool = True, run_shards: Callable | None = None) -> Prepared:
     """Validate the dataset (every problem at once) and load or build its face crops (``run_shards``: where
-    the shards of a missing crop cache entry run, see :func:`maskclf.faces.build_crop_cache`)."""
+    the shards of a missing crop cache entry run, see :func:`maskclf.crop_cache.build_crop_cache`)."""
     root = ensure_demo(cfg, log)
     problems: list[str] = []
     train = ev = None

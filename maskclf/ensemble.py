@@ -44,9 +44,9 @@ def predict_fold(cfg: Config, ckpt: Path | dict[str, bytes], images, rows: np.nd
 
     import torch
 
-    from maskclf import engine, predict
+    from maskclf import engine, inputs, predict
 
-    device = str(engine.resolve_device(device or cfg.train.device))
+    device = str(inputs.resolve_device(device or cfg.train.device))
     with tempfile.TemporaryDirectory(prefix="maskclf-fold-") as tmp:
         if isinstance(ckpt, dict):
             for name, data in ckpt.items():

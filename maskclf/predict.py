@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from PIL import Image, ImageOps
 
-from maskclf import engine, faces, transforms
+from maskclf import engine, faces, inputs, transforms
 from maskclf import model as model_mod
 from maskclf.config import Config
 
@@ -37,13 +37,13 @@ def model_probs(net: model_mod.MaskNet, cfg: Config, crops, *, tta: bool = True,
     With ``tta`` the crop and its mirror image are both scored and averaged: faces are
     left-right symmetric for every label, and training already flips them.
     """
-    device = engine.resolve_device(str(device))
+    device = inputs.resolve_device(str(device))
     net = net.to(device).eval()
     tf = transforms.build("none", size=cfg.train.image_size, train=False)
     samples = engine.Samples(crops, np.zeros(len(crops), np.int64))
 
     def run(flip: bool) -> np.ndarray:
-        return engine.predict_probs(net, engine.make_loader(samples, tf, batch_size, flip=flip), device, cfg.train.amp)
+        return engine.predict_probs(net, inputs.make_loader(samples, tf, batch_size, flip=flip), device, cfg.train.amp)
 
     probs = run(False)
     if tta and len(crops):
@@ -87,7 +87,7 @@ def crop_images(images: Sequence[np.ndarray], cfg: Config, device: str = "cpu") 
     """Face crops of photos with the crop settings a model was trained on (``cfg.faces``)."""
     f = cfg.faces
     return faces.crop_arrays(list(images), method=f.method, size=f.size, margin=f.margin,
-                             batch_size=f.batch_size, device=str(engine.resolve_device(device))).images
+                             batch_size=f.batch_size, device=str(inputs.resolve_device(device))).images
 
 
 def write_submission(eval_table: pd.DataFrame, probs: np.ndarray, info_csv_path: str | Path,

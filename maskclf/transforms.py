@@ -66,7 +66,7 @@ def build(name: str, *, size: int, train: bool, seed: int | None = None) -> A.Co
     """Augment (train only) and resize to ``size``: a uint8 CHW tensor.
 
     Samples stay uint8 until a whole batch is on the training device, where
-    :class:`maskclf.engine.Normalizer` normalises it in one vectorised step: a quarter of the
+    :class:`maskclf.inputs.Normalizer` normalises it in one vectorised step: a quarter of the
     bytes through DataLoader workers and host-to-GPU copies, and no per-sample float work.
     """
     augs = [albumentation(op, kw) for op, kw in preset(name)] if train else []

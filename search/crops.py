@@ -1,6 +1,6 @@
 """Face crops built on the Ray cluster: each shard of photos a Ray task, wherever there is a free CPU (or GPU).
 
-``maskclf.faces.build_crop_cache`` cuts the photos into shards and keeps every finished shard on disk; the runner
+``maskclf.crop_cache.build_crop_cache`` cuts the photos into shards and keeps every finished shard on disk; the runner
 here decides where the shards run. The driver reads each shard's photos as bytes and ships them with the task,
 so the workers need no copy of the dataset and no shared disk; the crops come back through Ray's object store
 and the driver writes them into the cache. A killed build resumes from its finished shards, as it does in one
@@ -15,7 +15,7 @@ from maskclf.config import Config
 
 
 def runner(cfg: Config, log: Callable[[str], None]) -> Callable:
-    """A ``run_shards`` for :func:`maskclf.faces.build_crop_cache` that runs the shards as Ray tasks on the
+    """A ``run_shards`` for :func:`maskclf.crop_cache.build_crop_cache` that runs the shards as Ray tasks on the
     study's Ray (joined or started as every command does, and only when a crop cache entry is missing)."""
 
     def run(fn: Callable, jobs: Iterable) -> Iterator[tuple[int, dict]]:

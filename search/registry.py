@@ -27,7 +27,7 @@ import mlflow
 import torch
 
 from maskclf import config as config_mod
-from maskclf import engine, predict, tasks
+from maskclf import engine, inputs, predict, tasks
 
 ALIAS = "champion"
 # "Models from code": MLflow stores this script, not a pickle, and runs it when loading.
@@ -45,7 +45,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         conf = context.model_config or {}
-        self.device = str(engine.resolve_device(conf.get("device", "auto")))
+        self.device = str(inputs.resolve_device(conf.get("device", "auto")))
         self.tta = bool(conf.get("tta", True))
         names = sorted(context.artifacts, key=lambda n: int(n.removeprefix("fold")))
         self.members = predict.load_ensemble([context.artifacts[n] for n in names], self.device)
@@ -67,7 +67,7 @@ class CombinedModel(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context) -> None:
         conf = context.model_config or {}
-        self.device = str(engine.resolve_device(conf.get("device", "auto")))
+        self.device = str(inputs.resolve_device(conf.get("device", "auto")))
         self.tta = conf.get("tta", {})
         self.parts = {}
         for task in tasks.PARTS:
@@ -109,9 +109,7 @@ def _slim_copy(checkpoint: Path, dest: Path) -> None:
     dest.mkdir(parents=True)
     state = engine.load_state(checkpoint)
     torch.save({"model": state["model"], "epoch": state["epoch"], "history": state["history"]}, dest / engine.STATE_FILE)
-    # training-only file references would make the config invalid on a machine without them
-    cfg = config_mod.load(checkpoint / "config.yaml", {"data.corrections": "", "model.pretrained": False,
-                                                       "model.pretrained_file": ""})
+    cfg = config_mod.load_saved(checkpoint / "config.yaml")  # valid on a machine without the training files
     config_mod.save(cfg, dest / "config.yaml")
 
 

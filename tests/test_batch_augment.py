@@ -9,8 +9,8 @@ import pytest
 import torch
 from albumentations.pytorch import ToTensorV2
 
-from maskclf import batch_augment, engine, model, transforms
-from maskclf.engine import Samples
+from maskclf import batch_augment, engine, inputs, model, transforms
+from maskclf.samples import Samples
 from tests.test_engine import _cfg, _easy_samples
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -67,11 +67,11 @@ def _assert_close(loader: dict, device: dict, what: str) -> None:
 def test_each_preset_feeds_the_network_the_same_shapes_dtype_and_statistics_on_either_path(name, crops):
     net = model.create("resnet10t", pretrained=False)
     cpu = torch.device("cpu")
-    loader_dl = engine.make_loader(Samples(crops, np.zeros(len(crops), np.int64)),
+    loader_dl = inputs.make_loader(Samples(crops, np.zeros(len(crops), np.int64)),
                                    transforms.build(name, size=SIZE, train=True, seed=1), batch_size=64)
-    device_dl = engine.make_loader(Samples(crops, np.zeros(len(crops), np.int64)), transforms.as_is(), batch_size=64)
-    plain = engine.Normalizer(net, cpu)
-    augmented = engine.Normalizer(net, cpu, augment=batch_augment.BatchAugment(name, SIZE, cpu, seed=1))
+    device_dl = inputs.make_loader(Samples(crops, np.zeros(len(crops), np.int64)), transforms.as_is(), batch_size=64)
+    plain = inputs.Normalizer(net, cpu)
+    augmented = inputs.Normalizer(net, cpu, augment=batch_augment.BatchAugment(name, SIZE, cpu, seed=1))
     via_loader = torch.cat([plain(x) for x, _ in loader_dl])
     via_device = torch.cat([augmented(x) for x, _ in device_dl])
     assert via_device.shape == via_loader.shape == (len(crops), 3, SIZE, SIZE)
@@ -133,5 +133,5 @@ def test_a_short_fit_learns_with_the_augmentation_on_either_path(tmp_path, where
 def test_auto_augments_on_the_device_only_when_it_is_a_gpu(tmp_path):
     t = _cfg(tmp_path).train
     assert t.augment_on == "auto"
-    assert engine.augment_on(t, torch.device("cpu")) == "loader"
-    assert engine.augment_on(t, torch.device("cuda")) == "device"
+    assert inputs.augment_on(t, torch.device("cpu")) == "loader"
+    assert inputs.augment_on(t, torch.device("cuda")) == "device"

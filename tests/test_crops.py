@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskclf import config, faces
+from maskclf import config, crop_cache
 from search import crops
 from tests.conftest import ROOT, SMOKE
 
@@ -27,10 +27,10 @@ def _photos(smoke_data: Path, n: int) -> list[Path]:
 
 def test_shards_as_ray_tasks_give_the_crops_of_one_process(ray_local, smoke_data, tmp_path):
     photos = _photos(smoke_data, 40)
-    here = faces.build_crop_cache(photos, tmp_path / "here", shard_size=8, progress=False, log=lambda s: None)
+    here = crop_cache.build_crop_cache(photos, tmp_path / "here", shard_size=8, progress=False, log=lambda s: None)
     lines: list[str] = []
     cfg = config.load(SMOKE, [f"run.dir={tmp_path / 'runs'}"])
-    on_ray = faces.build_crop_cache(photos, tmp_path / "ray", shard_size=8, progress=False, log=lines.append,
+    on_ray = crop_cache.build_crop_cache(photos, tmp_path / "ray", shard_size=8, progress=False, log=lines.append,
                                     run_shards=crops.runner(cfg, lines.append))
     assert any(line.startswith("face crops: shards as Ray tasks on 2 CPUs") for line in lines), lines
     assert on_ray.found[0] and on_ray.found.sum() == here.found.sum() > 1
@@ -44,8 +44,8 @@ def test_a_build_killed_with_sigkill_resumes_to_the_same_crops(smoke_data, tmp_p
     listing = tmp_path / "photos.txt"
     listing.write_text("\n".join(map(str, photos)))
     cache = tmp_path / "cache"
-    script = ("import sys; from pathlib import Path; from maskclf import faces\n"
-              "faces.build_crop_cache(Path(sys.argv[1]).read_text().split(), Path(sys.argv[2]), shard_size=4,"
+    script = ("import sys; from pathlib import Path; from maskclf import crop_cache\n"
+              "crop_cache.build_crop_cache(Path(sys.argv[1]).read_text().split(), Path(sys.argv[2]), shard_size=4,"
               " batch_size=4, progress=False)\n")
     proc = subprocess.Popen([sys.executable, "-c", script, str(listing), str(cache)], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -61,10 +61,10 @@ def test_a_build_killed_with_sigkill_resumes_to_the_same_crops(smoke_data, tmp_p
     assert 2 <= len(finished) < 12 and not [p for p in cache.iterdir() if not p.name.startswith(".")]
 
     lines: list[str] = []
-    resumed = faces.build_crop_cache(photos, cache, shard_size=4, batch_size=4, progress=False, log=lines.append)
+    resumed = crop_cache.build_crop_cache(photos, cache, shard_size=4, batch_size=4, progress=False, log=lines.append)
     assert any(f"{len(finished)} of 12 shards done before" in line for line in lines), lines
     assert sorted(p.name for p in cache.iterdir()) == [partial.name.removeprefix(".partial-")]  # nothing else left
-    whole = faces.build_crop_cache(photos, tmp_path / "whole", shard_size=4, batch_size=4, progress=False,
+    whole = crop_cache.build_crop_cache(photos, tmp_path / "whole", shard_size=4, batch_size=4, progress=False,
                                    log=lambda s: None)
     assert np.array_equal(resumed.images, whole.images) and np.array_equal(resumed.boxes, whole.boxes)
     assert resumed.found.tolist() == whole.found.tolist()

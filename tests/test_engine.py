@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from maskclf import config, engine, losses, model, optim
-from maskclf.engine import Samples
+from maskclf import config, engine, inputs, losses, model, optim
+from maskclf.samples import Samples
 from maskclf.labels import NUM_CLASSES
 from tests.conftest import SMOKE
 
@@ -121,15 +121,15 @@ def test_batches_stay_uint8_until_normalised_like_per_sample_normalisation():
     net = model.create("resnet10t", pretrained=False)
     mean, std = model.normalization(net)
     tf = transforms.build("light", size=16, train=True, seed=0)
-    batch = next(iter(engine.make_loader(Samples(images, np.zeros(3, np.int64)), tf, batch_size=3)))[0]
+    batch = next(iter(inputs.make_loader(Samples(images, np.zeros(3, np.int64)), tf, batch_size=3)))[0]
     assert batch.dtype == torch.uint8 and batch.shape == (3, 3, 16, 16)
     norm = A.Normalize(mean=mean, std=std)  # the per-sample float step the pipeline used to run
     ref = np.stack([norm(image=im)["image"] for im in batch.permute(0, 2, 3, 1).numpy()])
-    out = engine.Normalizer(net, torch.device("cpu"))(batch)
+    out = inputs.Normalizer(net, torch.device("cpu"))(batch)
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), ref.transpose(0, 3, 1, 2), atol=1e-5)
     with pytest.raises(TypeError, match="uint8"):
-        engine.Normalizer(net, torch.device("cpu"))(out)
+        inputs.Normalizer(net, torch.device("cpu"))(out)
 
 
 def test_distill_loss_mixes_the_soft_cross_entropy_at_temperature_with_the_hard_loss():

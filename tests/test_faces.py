@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from maskclf import faces
+from maskclf import crop_cache, faces
 from maskclf.errors import InputError
 
 PHOTO = Path(__file__).parent / "data" / "astronaut.jpg"
@@ -110,7 +110,7 @@ def test_unknown_method_names_the_choices(photo):
     with pytest.raises(ValueError, match=r"unknown face method 'bogus'; choose from \['center', 'mtcnn', 'none'\]"):
         faces.crop_arrays([photo], method="bogus")
     with pytest.raises(ValueError, match="unknown face method"):
-        faces.build_crop_cache([PHOTO], Path("unused"), method="bogus")
+        crop_cache.build_crop_cache([PHOTO], Path("unused"), method="bogus")
 
 
 # ---------------------------------------------------------------- cache
@@ -132,7 +132,7 @@ def entries(cache_dir: Path) -> list[Path]:
 
 
 def build(files, cache_dir, logs, **kw):
-    return faces.build_crop_cache(files, cache_dir, progress=False, log=logs.append, **kw)
+    return crop_cache.build_crop_cache(files, cache_dir, progress=False, log=logs.append, **kw)
 
 
 def test_cache_is_written_once_and_then_reused(files, tmp_path, monkeypatch):
@@ -243,7 +243,7 @@ def test_a_build_killed_midway_resumes_from_its_finished_shards_and_gives_the_sa
     again: list[int] = []
 
     def counting(fn, jobs):
-        for i, result in faces.run_shards_here(fn, jobs):
+        for i, result in crop_cache.run_shards_here(fn, jobs):
             again.append(i)
             yield i, result
 
@@ -282,7 +282,7 @@ def test_a_second_build_of_the_same_entry_waits_for_the_first_and_reads_its_crop
     started, release, first = threading.Event(), threading.Event(), []
 
     def slow(fn, jobs):
-        for i, result in faces.run_shards_here(fn, jobs):
+        for i, result in crop_cache.run_shards_here(fn, jobs):
             started.set()
             release.wait(30)
             yield i, result
