@@ -142,8 +142,9 @@ def use_run_config(tuner, callbacks: list, stop=None) -> None:
     """Give a restored Tuner this run's callbacks (and stopper, where one is given).
 
     Tune would reuse the callbacks pickled when the experiment started (an old tracking URI, old
-    code), and the public ``Tuner.restore`` takes none; its run config is replaced in place, the one
-    use of Ray's private API in the project (tests/test_experiment.py fails the day it changes)."""
+    code), and the public ``Tuner.restore`` takes none; its run config is replaced in place through Ray's
+    private ``_local_tuner`` (tests/test_experiment.py fails the day it changes). The project's other use of
+    a library's private fields is ``search.optuna_search`` (OptunaSearch's)."""
     local = getattr(tuner, "_local_tuner", None)
     if local is None or not hasattr(local, "get_run_config"):
         raise RuntimeError("this Ray version's Tuner has no _local_tuner.get_run_config(): "

@@ -1,6 +1,9 @@
 """Ray Tune's OptunaSearch on the study's Optuna database (``search.optuna_study``), with a resume that
 keeps Optuna's records exact. A module of its own, imported when a search starts: it imports Ray, and
-Tune pickles the searcher by reference to this class, so a restored study runs the current code."""
+Tune pickles the searcher by reference to this class, so a restored study runs the current code.
+
+It relies on OptunaSearch's private fields (``_ot_study``, ``_ot_trials``, ``_storage``, ``_study_name``,
+``_completed_trials``): tests/test_studies.py fails the day Ray renames them."""
 
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ from search import study as study_mod
 from search.experiment import METRIC, MODE, epoch_budget, study_dir
 from search.tracking import Tracker, tracking_uri
 
-def _search_args(cfg: Config, part: str) -> dict:
+def _search_args(cfg: Config, part: str, record: dict | None = None) -> dict:
     """The search's side of one part's experiment: Optuna's TPE (or random) sampler over the space, on the
     study's Optuna database, ASHA, the budget."""
     import optuna
@@ -34,7 +34,7 @@ def _search_args(cfg: Config, part: str) -> dict:
 
     s = cfg.search
     # a warm-started study's taken-over trials stand in for the random start-up: TPE models them at once
-    startup = 0 if study_mod.read(cfg).get("warm_start") else s.n_startup_trials
+    startup = 0 if (record if record is not None else study_mod.read(cfg)).get("warm_start") else s.n_startup_trials
     sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True,
                                          n_startup_trials=startup)
     if s.sampler == "random":
@@ -57,11 +57,11 @@ def run(cfg: Config, *, trainable: Callable | None = None, log: Callable[[str], 
     space_mod.validate(cfg)
     study_mod.check_same_study(cfg, log)
     with study_mod.driver_lock(cfg, "python -m search.tune", log):  # one driver per study
-        Tracker(tracking_uri(cfg), cfg.run.study)  # a bad tracking store fails here, before any data or Ray work
-        return _run(cfg, trainable, log)
+        tracker = Tracker(tracking_uri(cfg), cfg.run.study)  # a bad store fails here, before any data or Ray work
+        return _run(cfg, trainable, tracker, log)
 
 
-def _run(cfg: Config, trainable: Callable | None, log: Callable[[str], None]):
+def _run(cfg: Config, trainable: Callable | None, tracker: Tracker, log: Callable[[str], None]):
     from maskclf import dataset
 
     study, url = study_dir(cfg), optuna_study.storage_url(cfg)
@@ -83,7 +83,7 @@ def _run(cfg: Config, trainable: Callable | None, log: Callable[[str], None]):
         record.update(optuna=url, warm_start=[{k: t[k] for k in ("study", "trial", "value", "params")} for t in warm])
         study_mod.write(cfg, record)
         config_mod.save(cfg, study / "study.yaml")  # last: its presence marks a started study
-    return search(cfg, prep, trainable=trainable, summary=_summary(prep), log=log)
+    return search(cfg, prep, trainable=trainable, summary=_summary(prep), log=log, tracker=tracker, record=record)
 
 
 def _ran(results: list) -> list:
@@ -91,7 +91,7 @@ def _ran(results: list) -> list:
 
 
 def _fit_part(cfg: Config, part: dict, prep, trainable: Callable | None, callbacks: list, before: int,
-              log: Callable[[str], None]) -> list:
+              record: dict, log: Callable[[str], None]) -> list:
     """One part's Tune experiment to its end (created, or restored where it stopped); its trials' results.
     ``before``: the trials of the parts before it."""
     from search.progress import LiveTable
@@ -99,35 +99,37 @@ def _fit_part(cfg: Config, part: dict, prep, trainable: Callable | None, callbac
     part_cfg = study_mod.part_config(cfg, part)
     return list(experiment.fit(part_cfg, part["name"], experiment.trainable(cfg, prep, trainable),
                                callbacks=[*callbacks, LiveTable(part_cfg, before=before)], log=log,
-                               **_search_args(part_cfg, part["name"])))
+                               **_search_args(part_cfg, part["name"], record)))
 
 
 def search(cfg: Config, prep, *, trainable: Callable | None = None, summary: dict | None = None,
-           callbacks: list = (), log: Callable[[str], None] = print):
+           callbacks: list = (), log: Callable[[str], None] = print, tracker: Tracker | None = None,
+           record: dict | None = None):
     """The study's Tune experiments on a connected Ray, from its prepared data to the best config, the
     trials table, the plots and the closed MLflow search run (``callbacks`` are added to the study's own).
 
     Each recorded part runs (or resumes) in turn; when ``cfg`` asks for more trials or epochs than they
-    planned, a part is added for the rest."""
+    planned, a part is added for the rest. ``tracker`` and ``record`` (the study's record): as the command
+    opened and read them, else opened and read here."""
     from search import report as report_mod
     from search.callback import MlflowTrials
 
     # MLflow's HTTP client retries a lost server for minutes per call; a search should not stall on it
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    tracker = Tracker(tracking_uri(cfg), cfg.run.study)
-    record = study_mod.read(cfg)
+    tracker = tracker or Tracker(tracking_uri(cfg), cfg.run.study)
+    record = record if record is not None else study_mod.read(cfg)
     callback = MlflowTrials(tracker.uri, cfg, dataset_summary=summary, warm_start=record.get("warm_start"))
     results: list = []
     for part in record["parts"]:
-        results += _fit_part(cfg, part, prep, trainable, [callback, *callbacks], len(_ran(results)), log)
+        results += _fit_part(cfg, part, prep, trainable, [callback, *callbacks], len(_ran(results)), record, log)
     ran = _ran(results)
     more = study_mod.extension(cfg, record["parts"], len(ran), sum(int((r.metrics or {}).get("epoch") or 0) for r in ran),
                                log)
     if more is not None:
         record["parts"].append(more)
         study_mod.write(cfg, record)  # before it runs: a killed extension resumes as this part
-        results += _fit_part(cfg, more, prep, trainable, [callback, *callbacks], len(ran), log)
+        results += _fit_part(cfg, more, prep, trainable, [callback, *callbacks], len(ran), record, log)
     table = report_mod.trials_table(results, cfg)
     if table.empty or table["best_val_f1"].isna().all():
         error = no_result(results, cfg)

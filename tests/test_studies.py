@@ -170,3 +170,15 @@ def test_trials_a_budget_stopped_mid_epoch_end_as_the_searcher_ends_stopped_tria
         assert got == [first, (TrialState.COMPLETE, 0.3), (TrialState.PRUNED, None), (TrialState.RUNNING, None),
                        (TrialState.COMPLETE, 0.5)]
         assert optuna_study.end_stopped(cfg, "p1") == []  # nothing twice
+
+
+def test_the_private_fields_of_optunasearch_that_the_study_searcher_relies_on_are_there():
+    """search/optuna_search.py reads and rebuilds these when it pickles and restores a searcher: a Ray release
+    that renames one would break every resumed study."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = OptunaSearch(space={"x": optuna.distributions.FloatDistribution(0, 1)}, metric="m", mode="max",
+                     storage=optuna.storages.InMemoryStorage(), study_name="fields")
+    assert isinstance(s._ot_study, optuna.Study) and s._study_name == "fields"
+    assert isinstance(s._ot_trials, dict) and isinstance(s._completed_trials, set)
+    assert isinstance(s._storage, optuna.storages.BaseStorage)
