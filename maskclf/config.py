@@ -30,11 +30,7 @@ def _hints(cls: type) -> dict[str, Any]:
 def keys(cfg: Config | None = None) -> list[str]:
     """Every dotted key, e.g. ``train.lr``."""
     cfg = cfg or Config()
-    return [
-        f"{s.name}.{f.name}"
-        for s in dataclasses.fields(cfg)
-        for f in dataclasses.fields(getattr(cfg, s.name))
-    ]
+    return [f"{s.name}.{f.name}" for s in dataclasses.fields(cfg) for f in dataclasses.fields(getattr(cfg, s.name))]
 
 
 def _unknown(key: str, known: list[str]) -> str:
@@ -277,9 +273,8 @@ def value_problems(cfg: Config) -> list[str]:
     return p
 
 
-# What a config saved beside trained weights drops when it is loaded to rebuild or read them: the weights come
-# from the checkpoint, and the files that only training reads (ImageNet weights, the labels' corrections) may
-# not exist where the model is served or compared.
+# What a config saved beside trained weights drops when it is reloaded: the weights come from the checkpoint, and
+# the files only training reads (ImageNet weights, label corrections) may not be where the model is served.
 _TRAINING_FILES = {"model.pretrained": False, "model.pretrained_file": "", "data.corrections": ""}
 
 
