@@ -5,16 +5,14 @@ and a resumed search finds its runs again by tag instead of logging them twice.
 A tracking failure mid-search is a warning, never the end of the search.
 
 With ``search.log_in_background`` (the default) the writes leave Tune's event loop: they go,
-in order, to a writer thread that logs each trial's pending epochs in one batch, so a slow
-tracking store delays MLflow, not the trials waiting for the driver to take their results.
+in order, to a writer thread (``search.writer``) that logs each trial's pending epochs in one batch, so a
+slow tracking store delays MLflow, not the trials waiting for the driver to take their results.
 """
 
 from __future__ import annotations
 
 import io
 import math
-import queue
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -28,6 +26,7 @@ from maskclf.config import Config
 from search.experiment import trial_config
 from search.progress import error_line, outcome
 from search.tracking import KEY_TAG, Tracker, run_name, trial_params
+from search.writer import Writer
 
 SHOWN = ("val_f1", "val_loss", "train_loss", "val_acc", "mask_acc", "gender_acc", "age_acc", "f1_lt30", "f1_30_59",
          "f1_ge60", "lr", "epoch_time", "images_per_s", "loader_wait")
@@ -54,12 +53,11 @@ class MlflowTrials(tune.Callback):
         self._down = False  # after a failure MLflow is left alone until the end: no stalls per epoch
         self.background = cfg.search.log_in_background
         self._index: dict[str, str] | None = None  # trial id -> run of this search's trial runs, read once
-        self._jobs: queue.SimpleQueue | None = None
-        self._writer: threading.Thread | None = None
+        self._writer: Writer | None = None
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment; a client or a thread does not travel
         state = dict(self.__dict__)
-        state["_tracker"] = state["_jobs"] = state["_writer"] = None
+        state["_tracker"] = state["_writer"] = None
         return state
 
     @property
@@ -157,41 +155,14 @@ class MlflowTrials(tune.Callback):
                 self._safe(what, lambda: self._log_epoch(self._trial_run(trial), job))
             return
         if self._writer is None:
-            self._jobs = queue.SimpleQueue()
-            self._writer = threading.Thread(target=self._write, args=(self._jobs,), name="mlflow-trials", daemon=True)
-            self._writer.start()
-        self._jobs.put((what, trial, job))
-
-    def _write(self, jobs: queue.SimpleQueue) -> None:
-        """The writer thread: every queued job in order, each trial's consecutive results in one batch."""
-        while True:
-            batch = [jobs.get()]
-            while not jobs.empty() and len(batch) < 1000:
-                batch.append(jobs.get())
-            pending: dict[str, tuple] = {}  # trial id -> (trial, its results not yet written)
-            stop = False
-            for job in batch:
-                if job is None:  # flush() puts it last
-                    stop = True
-                    break
-                what, trial, work = job
-                if not callable(work):
-                    pending.setdefault(trial.trial_id, (trial, []))[1].append(work)
-                    continue
-                if trial.trial_id in pending:  # its results first: they came first
-                    self._safe("trial result", self._log_epochs, *pending.pop(trial.trial_id))
-                self._safe(what, work)
-            for trial, results in pending.values():
-                self._safe("trial result", self._log_epochs, trial, results)
-            if stop:
-                return
+            self._writer = Writer(self._log_epochs, self._safe)
+        self._writer.put(what, trial, job)
 
     def flush(self) -> None:
         """Wait until every queued write is done (Tune calls this at the end of a search)."""
         if self._writer is not None:
-            self._jobs.put(None)
-            self._writer.join()
-            self._writer = self._jobs = None
+            self._writer.flush()
+            self._writer = None
 
     def on_experiment_end(self, trials, **info) -> None:
         self.flush()
