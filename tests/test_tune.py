@@ -143,7 +143,9 @@ def test_interrupted_study_resumes_without_duplicates(smoke_cfg):
     args = [sys.executable, "-m", "search.tune", "--config", str(ROOT / "conf" / "smoke.yaml"),
             f"data.root={smoke_cfg.data.root}", f"run.dir={smoke_cfg.run.dir}",
             f"faces.cache_dir={smoke_cfg.faces.cache_dir}", "run.study=resume", "search.num_samples=3",
-            "search.max_concurrent=1"]
+            # a process per trial (the default, not the smoke config's reuse): trials that start in milliseconds
+            # could all finish between the first one's end and the interrupt
+            "search.max_concurrent=1", "search.reuse_actors=false"]
     cfg = config.load(ROOT / "conf" / "smoke.yaml", [a for a in args if "=" in a and not a.startswith("--")])
     env = {**os.environ, "RAY_ADDRESS": "local"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
