@@ -119,7 +119,7 @@ def build_crop_cache(
     over a Ray cluster's CPUs or GPUs) and each finished shard is kept on disk, so a build that is killed
     resumes from its finished shards. ``shard_size`` and ``batch_size`` change the speed, not the crops.
     """
-    faces._box_finder(method)  # a bad name fails before any file is read
+    faces.box_finder(method)  # a bad name fails before any file is read
     t0 = time.perf_counter()
     cache_dir = Path(cache_dir)
     files = [Path(p).resolve() for p in paths]
@@ -136,7 +136,7 @@ def build_crop_cache(
     if problems:  # decode the others too, so every problem is reported at once
         for i, f in enumerate(files):
             if i not in missing:
-                faces._decoded(str(f), _read_bytes([f])[0], problems)
+                faces.decoded(str(f), _read_bytes([f])[0], problems)
         raise InputError(problems)
     key = _cache_key(files, stats, **settings)
     if (cache_dir / key / "meta.json").is_file():

@@ -107,7 +107,8 @@ def _whole_boxes(images: list[np.ndarray], *, margin: float, device: str):
 METHODS: dict[str, Callable] = {"mtcnn": _mtcnn_boxes, "center": _center_boxes, "none": _whole_boxes}
 
 
-def _box_finder(method: str) -> Callable:
+def box_finder(method: str) -> Callable:
+    """The box finder of ``faces.method``; ValueError naming the choices for an unknown one."""
     try:
         return METHODS[method]
     except KeyError:
@@ -150,7 +151,7 @@ def crop_arrays(
     FALLBACK_BOX), "center" (always FALLBACK_BOX) or "none" (the whole image,
     padded to a square). Images may differ in size.
     """
-    find = _box_finder(method)
+    find = box_finder(method)
     n = len(images)
     crops = np.zeros((n, size, size, 3), np.uint8)
     boxes, found = np.zeros((n, 4), np.float32), np.zeros(n, bool)
@@ -172,7 +173,7 @@ def _read_rgb(source: Path | io.BytesIO) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
-def _decoded(name: str, blob: bytes | None, problems: list[str]) -> np.ndarray | None:
+def decoded(name: str, blob: bytes | None, problems: list[str]) -> np.ndarray | None:
     """The photo ``blob`` decoded, or None with a line in ``problems`` (a None blob: the file was not found)."""
     if blob is None:
         problems.append(f"{name}: file not found")
@@ -198,7 +199,7 @@ def crop_shard(names: list[str], blobs: list[bytes | None], *, batch_size: int =
     for start in range(0, n, batch_size):
         idx, images = [], []
         for i in range(start, min(start + batch_size, n)):
-            image = _decoded(names[i], blobs[i], problems)
+            image = decoded(names[i], blobs[i], problems)
             if image is not None:
                 images.append(image)
                 idx.append(i)
