@@ -199,25 +199,24 @@ def _check_choice(problems: list[str], key: str, value: str, choices: list[str] 
 
 def value_problems(cfg: Config) -> list[str]:
     """Every invalid value in ``cfg`` (names resolved against the registries)."""
-    # each name is checked against the module that implements it (loaded here: most import torch)
-    from maskclf import faces, losses, model, optim, sampling, tasks, transforms, weights
+    from maskclf import faces, tasks, vocab, weights  # none of them imports torch
 
     p: list[str] = []
     _check_choice(p, "faces.method", cfg.faces.method, list(faces.METHODS))
     _check_choice(p, "model.task", cfg.model.task, list(tasks.TASKS))
-    _check_choice(p, "model.head", cfg.model.head, list(model.HEADS))
+    _check_choice(p, "model.head", cfg.model.head, list(vocab.HEADS))
     _check_choice(p, "model.pretrained_source", cfg.model.pretrained_source, list(weights.SOURCES))
-    _check_choice(p, "train.augment", cfg.train.augment, list(transforms.PRESETS))
+    _check_choice(p, "train.augment", cfg.train.augment, list(vocab.PRESETS))
     _check_choice(p, "train.augment_on", cfg.train.augment_on, ["auto", "loader", "device"])
-    _check_choice(p, "train.loss", cfg.train.loss, list(losses.LOSSES))
-    _check_choice(p, "train.sampler", cfg.train.sampler, list(sampling.SAMPLERS))
-    _check_choice(p, "train.optimizer", cfg.train.optimizer, optim.optimizer_names())
-    _check_choice(p, "train.scheduler", cfg.train.scheduler, list(optim.SCHEDULERS))
+    _check_choice(p, "train.loss", cfg.train.loss, list(vocab.LOSSES))
+    _check_choice(p, "train.sampler", cfg.train.sampler, list(vocab.SAMPLERS))
+    _check_choice(p, "train.optimizer", cfg.train.optimizer, vocab.optimizer_names())
+    _check_choice(p, "train.scheduler", cfg.train.scheduler, list(vocab.SCHEDULERS))
     _check_choice(p, "search.sampler", cfg.search.sampler, ["tpe", "random"])
     _check_choice(p, "search.scheduler", cfg.search.scheduler, ["asha", "fifo"])
     _check_choice(p, "search.stopped_trials", cfg.search.stopped_trials, ["complete", "pruned"])
     _check_choice(p, "distill.targets", cfg.distill.targets, ["ensemble", "oof"])
-    err = model.backbone_problem(cfg.model.backbone)
+    err = vocab.backbone_problem(cfg.model.backbone)
     if err:
         p.append(f"model.backbone: {err}")
     m = cfg.model

@@ -15,7 +15,6 @@ import pandas as pd
 from maskclf import config as config_mod
 from maskclf import crop_cache, data, faces, folds, tasks
 from maskclf.config import Config
-from maskclf.engine import resolve_device
 from maskclf.samples import Rows, Samples
 from maskclf.errors import InputError
 
@@ -103,7 +102,7 @@ def _crops(cfg: Config, paths: list[str], log: Callable[[str], None], progress: 
     f = cfg.faces
     return crop_cache.build_crop_cache(
         paths, config_mod.cache_dir(cfg), method=f.method, size=f.size, margin=f.margin,
-        batch_size=f.batch_size, device=str(resolve_device(f.device)), progress=progress, log=log,
+        batch_size=f.batch_size, device=f.device, progress=progress, log=log,
         run_shards=run_shards,
     )
 

@@ -62,10 +62,13 @@ def _fallback(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _detector(device: str):
+    """The MTCNN of ``device`` (``faces.device``: auto, cpu, cuda, cuda:1 ...)."""
     if device not in _DETECTORS:
-        from facenet_pytorch import MTCNN  # heavy import, only when detecting
+        from facenet_pytorch import MTCNN  # heavy imports, only when detecting
 
-        _DETECTORS[device] = MTCNN(min_face_size=_MIN_FACE_SIZE, device=device).eval()
+        from maskclf.inputs import resolve_device
+
+        _DETECTORS[device] = MTCNN(min_face_size=_MIN_FACE_SIZE, device=resolve_device(device)).eval()
     return _DETECTORS[device]
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 import timm
@@ -10,17 +9,7 @@ import torch
 from torch import nn
 
 from maskclf import tasks
-
-HEADS = ("joint", "multitask")
-
-
-def backbone_problem(name: str) -> str | None:
-    """None if timm knows ``name``, else a message suggesting the closest names."""
-    if timm.is_model(name):
-        return None
-    close = difflib.get_close_matches(name, timm.list_models(), n=4, cutoff=0.6)
-    hint = f"; closest: {', '.join(close)}" if close else "; see timm.list_models()"
-    return f"unknown timm backbone '{name}'{hint}"
+from maskclf.vocab import HEADS, backbone_problem
 
 
 class MaskNet(nn.Module):

@@ -11,14 +11,7 @@ import timm.scheduler
 import torch
 
 from maskclf import model as model_mod
-
-SCHEDULERS = ("none", "cosine", "step", "multistep", "plateau", "poly", "tanh")
-
-
-def optimizer_names() -> list[str]:
-    """Every optimizer name timm builds (``train.optimizer``)."""
-    return list(timm.optim.list_optimizers())
-
+from maskclf.vocab import SCHEDULERS
 
 
 class Plateau:

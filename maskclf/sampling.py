@@ -7,8 +7,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from maskclf.labels import NUM_CLASSES
-
-SAMPLERS = ("none", "weighted")
+from maskclf.vocab import SAMPLERS
 
 
 def sampler(kind: str, labels: np.ndarray, seed: int) -> WeightedRandomSampler | None:

@@ -1,4 +1,5 @@
-"""The augmentation presets, and the albumentations pipelines built from them for cached face crops."""
+"""The albumentations pipelines for cached face crops, built from the augmentation presets
+(:data:`maskclf.vocab.PRESETS`)."""
 
 from __future__ import annotations
 
@@ -10,26 +11,7 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 import albumentations as A  # noqa: E402
 from albumentations.pytorch import ToTensorV2  # noqa: E402
 
-# A preset is a list of (operation, parameters), in the order they apply. Both training paths are built from it:
-# albumentations in the loader's workers (build) and batches on the training device (maskclf.batch_augment).
-Ops = list[tuple[str, dict]]
-PRESETS: dict[str, Ops] = {
-    "none": [],
-    "light": [
-        ("flip", {"p": 0.5}),
-        ("brightness_contrast", {"brightness": 0.15, "contrast": 0.15, "p": 0.5}),
-        ("affine", {"scale": (0.95, 1.05), "translate": 0.04, "rotate": 8, "p": 0.5}),
-    ],
-    "strong": [
-        ("flip", {"p": 0.5}),
-        ("brightness_contrast", {"brightness": 0.25, "contrast": 0.25, "p": 0.7}),
-        ("hsv", {"hue": 8, "sat": 20, "val": 10, "p": 0.4}),
-        ("affine", {"scale": (0.9, 1.1), "translate": 0.08, "rotate": 15, "p": 0.7}),
-        ("blur", {"kernel": (3, 5), "p": 0.3}),  # a Gaussian or a motion blur
-        ("noise", {"std": (0.02, 0.08), "p": 0.3}),  # a share of 255
-        ("dropout", {"holes": (1, 3), "size": (0.08, 0.2), "p": 0.4}),  # each side a share of the image's
-    ],
-}
+from maskclf.vocab import PRESETS, Ops  # noqa: E402, F401  (transforms.PRESETS: the same presets)
 
 
 def albumentation(op: str, kw: dict) -> A.BasicTransform:

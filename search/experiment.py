@@ -167,6 +167,10 @@ def fit(cfg: Config, name: str, trainable_fn, *, callbacks: list, log: Callable[
 
     # Tune warns whenever per-epoch checkpoints snapshot the experiment often; that is intended here
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # each trial's progress.csv and result.json (what a result's metrics_dataframe reads), and no TensorBoard
+    # files: MLflow holds the curves, and Tune's TensorBoard writer would import torch into the driver
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    callbacks = [*callbacks, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
     path = os.path.join(storage_path(cfg), name)
     if tune.Tuner.can_restore(path):
         log(f"resuming {what} '{name}' from {path}")

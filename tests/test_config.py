@@ -7,6 +7,8 @@ import pytest
 from maskclf import config
 from maskclf.errors import InputError
 
+ROOT = Path(__file__).resolve().parent.parent
+
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
@@ -95,8 +97,17 @@ def test_maskclf_imports_no_search_frameworks():
 
 
 @pytest.mark.integration
-def test_importing_the_config_imports_neither_torch_nor_timm():
-    code = ("import sys, maskclf.config; bad = [m for m in ('torch', 'timm') if m in sys.modules]; "
+def test_checking_a_config_imports_neither_torch_nor_timm_nor_albumentations(tmp_path, monkeypatch):
+    """What every command does first costs no torch import (seconds of CPU), once timm's names are cached."""
+    from maskclf import vocab
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    vocab.timm_names()  # the first check on a machine writes timm's names (this process has timm loaded anyway)
+    code = ("import sys; from maskclf import config\n"
+            "for path in sys.argv[1:]:\n"
+            "    assert config.value_problems(config.load(path)) == [], path\n"
+            "bad = [m for m in ('torch', 'timm', 'albumentations', 'sklearn') if m in sys.modules]; "
             "print(bad); sys.exit(bool(bad))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    confs = [str(ROOT / "conf" / name) for name in ("smoke.yaml", "search.yaml")]
+    r = subprocess.run([sys.executable, "-c", code, *confs], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stdout + r.stderr
