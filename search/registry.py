@@ -37,7 +37,7 @@ from search.registry import {cls}
 mlflow.models.set_model({cls}())
 """
 _REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "albumentations", "opencv-python-headless",
-                 "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "scikit-learn", "cloudpickle")
+                 "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "cloudpickle")
 
 
 class EnsembleModel(mlflow.pyfunc.PythonModel):

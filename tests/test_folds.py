@@ -39,3 +39,25 @@ def test_stratified_and_deterministic():
 def test_bad_fold():
     with pytest.raises(ValueError):
         folds.split(_table(10), 5, 5)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_folds_are_scikit_learns_stratified_k_fold(seed):
+    import warnings
+
+    from sklearn.model_selection import StratifiedKFold
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 7))
+    strata = rng.choice(6, size=int(rng.integers(n, 400)), p=rng.dirichlet(np.ones(6)))  # some strata rarer than n
+    expected = np.empty(len(strata), np.int64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for k, (_, val) in enumerate(StratifiedKFold(n, shuffle=True, random_state=seed).split(strata, strata)):
+            expected[val] = k
+    assert (folds.stratified_folds(strata, n, seed) == expected).all()
+
+
+def test_too_few_people_in_every_stratum_is_a_clear_error():
+    with pytest.raises(ValueError, match="no stratum has 5 members"):
+        folds.stratified_folds(np.arange(6), 5, 0)
