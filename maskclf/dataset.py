@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -19,9 +19,10 @@ from maskclf.samples import Rows, Samples
 from maskclf.errors import InputError
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
-    """Validated tables and their face crops (row i of a table is crop i).
+    """Validated tables and their face crops (row i of a table is crop i). Never changed once made: the
+    ``with_*`` and ``without_*`` methods return a new one (sharing the arrays).
 
     ``extra``: samples added to every fold's training set, never to a validation fold (pseudo-labelled eval
     images, labelled for the model's task); ``soft``: a teacher's probabilities of each train row, given to
@@ -34,6 +35,23 @@ class Prepared:
     answers: pd.Series | None = None
     extra: Samples | None = None
     soft: np.ndarray | None = None
+
+    def with_extra(self, extra: Samples | None) -> Prepared:
+        return replace(self, extra=extra)
+
+    def with_soft(self, soft: np.ndarray | None) -> Prepared:
+        return replace(self, soft=soft)
+
+    def with_train_crops(self, crops: faces.FaceCrops) -> Prepared:
+        return replace(self, train_crops=crops)
+
+    def without_eval(self) -> Prepared:
+        """The training side only (what the fold models' trials need)."""
+        return replace(self, eval=None, eval_crops=None, answers=None)
+
+    def eval_samples(self, rows: np.ndarray, labels: np.ndarray, soft: np.ndarray | None = None) -> Samples:
+        """Eval images ``rows`` (their crops copied out of the cache) with the given labels: pseudo-labels."""
+        return Samples(np.asarray(self.eval_crops.images[rows]), np.asarray(labels, np.int64), soft)
 
     def labels(self, rows: np.ndarray, task: str = "all", age_old: int = 60) -> np.ndarray:
         """Labels of train rows for a model of ``task``; ``age_old`` only for training labels."""
@@ -126,9 +144,8 @@ def prepare(cfg: Config, *, need_eval: bool = False, log: Callable[[str], None] 
     if problems:
         raise InputError(problems)
     log(f"dataset {root}: " + ", ".join(f"{k}={v}" for k, v in data.summary(train).items()))
-    prepared = Prepared(train, _crops(cfg, train["path"].tolist(), log, progress, run_shards))
-    if ev is not None:
-        prepared.eval = ev
-        prepared.eval_crops = _crops(cfg, ev["path"].tolist(), log, progress, run_shards)
-        prepared.answers = data.read_answers(root)
-    return prepared
+    train_crops = _crops(cfg, train["path"].tolist(), log, progress, run_shards)
+    if ev is None:
+        return Prepared(train, train_crops)
+    return Prepared(train, train_crops, ev, _crops(cfg, ev["path"].tolist(), log, progress, run_shards),
+                    data.read_answers(root))

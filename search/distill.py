@@ -19,7 +19,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -51,17 +51,17 @@ def student_config(cfg: Config, overrides: list[str]) -> tuple[Config, Path]:
     return config_mod.validate(student), source
 
 
-def teacher_targets(cfg: Config, prep, source: Path, out: Path, log: Callable[[str], None] = print) -> dict:
-    """The ensemble's probabilities as the student's soft targets, softened by ``distill.temperature``:
-    ``prep.soft`` for the train rows, and ``prep.extra`` for the pseudo-labelled eval images of a pseudo-label
-    finalize (with the ensemble's eval probabilities). ``distill.targets`` = ensemble: the soft vote of every
+def teacher_targets(cfg: Config, prep, source: Path, out: Path,
+                    log: Callable[[str], None] = print) -> tuple[Any, dict]:
+    """``prep`` with the ensemble's probabilities as the student's soft targets, softened by
+    ``distill.temperature``: its ``soft`` for the train rows, and its ``extra`` for the pseudo-labelled eval
+    images of a pseudo-label finalize (with the ensemble's eval probabilities). ``distill.targets`` = ensemble: the soft vote of every
     fold model on each training image (predicted once, kept in ``out/teacher_probs.npy``); oof: the out-of-fold
     probabilities of the one fold model that never trained on it (a row no fold model scored gets its label).
-    Returns what was used."""
+    Returns it and what was used."""
     import pandas as pd
 
     from maskclf import losses, tasks
-    from maskclf.engine import Samples
 
     cols = [f"p{c}" for c in range(tasks.num_classes(cfg.model.task))]
     if cfg.distill.targets == "ensemble":
@@ -77,7 +77,7 @@ def teacher_targets(cfg: Config, prep, source: Path, out: Path, log: Callable[[s
         if missing.any():  # folds the source did not finalize: their hard labels stand in
             labels = prep.labels(np.flatnonzero(missing), cfg.model.task, cfg.data.age_old)
             probs[missing] = np.eye(len(cols))[labels]
-    prep.soft = losses.soften(probs, cfg.distill.temperature)
+    prep = prep.with_soft(losses.soften(probs, cfg.distill.temperature))
     used = {"targets": cfg.distill.targets, "train_rows_with_ensemble_targets": int((~missing).sum()),
             "train_rows_with_labels_only": int(missing.sum())}
     pseudo_file = source / "pseudo_labels.csv"
@@ -89,10 +89,10 @@ def teacher_targets(cfg: Config, prep, source: Path, out: Path, log: Callable[[s
         if rows.isna().any():
             raise InputError(f"distill.source: {pseudo_file} names eval images this dataset does not have")
         rows = rows.to_numpy(np.int64)
-        prep.extra = Samples(np.asarray(prep.eval_crops.images[rows]), taken["label"].to_numpy(np.int64),
-                             losses.soften(ev.loc[taken["ImageID"], cols].to_numpy(np.float64), cfg.distill.temperature))
+        soft = losses.soften(ev.loc[taken["ImageID"], cols].to_numpy(np.float64), cfg.distill.temperature)
+        prep = prep.with_extra(prep.eval_samples(rows, taken["label"].to_numpy(np.int64), soft))
         used["pseudo_labelled_eval_images"] = int(len(rows))
-    return used
+    return prep, used
 
 
 def _ensemble_probs(cfg: Config, prep, source: Path, out: Path, log: Callable[[str], None]) -> np.ndarray:
@@ -182,7 +182,7 @@ def _distill(cfg: Config, tracker: Tracker, log: Callable[[str], None]) -> dict:
     again = out.exists()
     out.mkdir(parents=True, exist_ok=True)
     config_mod.save(cfg, out / "config.yaml")
-    used = teacher_targets(cfg, prep, source, out, log)
+    prep, used = teacher_targets(cfg, prep, source, out, log)
     log(f"{'continuing the interrupted distillation' if again else 'distilling'} {source} into one "
         f"{cfg.model.backbone} at {cfg.train.image_size} px ({cfg.train.epochs} epochs, T={cfg.distill.temperature:g}, "
         f"alpha={cfg.distill.alpha:g}, validation fold {k}) in {out}: "

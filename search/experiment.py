@@ -71,12 +71,12 @@ def train_trial(params: dict[str, Any], *, cfg: Config, prep, after_report: Call
 
 
 def object_store_ready(prep):
-    """Crops as plain contiguous arrays: a memory map of the driver's cache file must not travel."""
+    """``prep`` with its crops as plain contiguous arrays: a memory map of the driver's cache file must not
+    travel."""
     from maskclf.faces import FaceCrops
 
     c = prep.train_crops
-    prep.train_crops = FaceCrops(np.ascontiguousarray(c.images), c.boxes, c.found, c.paths)
-    return prep
+    return prep.with_train_crops(FaceCrops(np.ascontiguousarray(c.images), c.boxes, c.found, c.paths))
 
 
 def epochs_done(checkpoint_dir: Path) -> int:

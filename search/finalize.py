@@ -18,7 +18,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from maskclf import config as config_mod
 from maskclf.config import Config
@@ -112,7 +112,9 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
     from search import crops, predictions, registry
 
     prep = dataset.prepare(cfg, need_eval=True, log=log, run_shards=crops.runner(cfg, log))
-    pseudo = _pseudo_labels(cfg, prep, log) if cfg.pseudo.enabled else None
+    pseudo = None
+    if cfg.pseudo.enabled:
+        prep, pseudo = _pseudo_labels(cfg, prep, log)
     out, parent = _start(cfg, tracker, ks, log)
     try:
         if pseudo is not None:
@@ -154,15 +156,14 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
     return m
 
 
-def _pseudo_labels(cfg: Config, prep, log: Callable[[str], None]) -> dict:
-    """The confident eval images of finalize ``pseudo.source`` as ``prep.extra``, and what was taken: the
-    threshold chosen on that ensemble's out-of-fold predictions, the images per class (``table``: ImageID,
-    label, prob, for pseudo_labels.csv)."""
+def _pseudo_labels(cfg: Config, prep, log: Callable[[str], None]) -> tuple[Any, dict]:
+    """``prep`` with the confident eval images of finalize ``pseudo.source`` as its ``extra``, and what was
+    taken: the threshold chosen on that ensemble's out-of-fold predictions, the images per class (``table``:
+    ImageID, label, prob, for pseudo_labels.csv)."""
     import numpy as np
     import pandas as pd
 
     from maskclf import pseudo, tasks
-    from maskclf.engine import Samples
 
     source, why = finished(study_dir(cfg), cfg.pseudo.source)
     if source is None:
@@ -182,7 +183,7 @@ def _pseudo_labels(cfg: Config, prep, log: Callable[[str], None]) -> dict:
     rows, labels = pseudo.select(probs, choice.threshold)
     names = tasks.class_names(cfg.model.task)
     per_class = np.bincount(labels, minlength=len(names))
-    prep.extra = Samples(np.asarray(prep.eval_crops.images[rows]), labels.astype(np.int64))
+    prep = prep.with_extra(prep.eval_samples(rows, labels))
     out = {"source": source.name, "min_precision": cfg.pseudo.min_precision, "threshold": choice.threshold,
            "oof_precision": choice.precision, "oof_coverage": choice.coverage, "taken": int(len(rows)),
            "eval_images": int(len(probs)), "per_class": dict(zip(names, per_class.tolist()))}
@@ -195,7 +196,7 @@ def _pseudo_labels(cfg: Config, prep, log: Callable[[str], None]) -> dict:
     log(f"pseudo-labels from {source}: {th} (out-of-fold precision {choice.precision:.3f} at coverage "
         f"{choice.coverage:.2f}, asked {cfg.pseudo.min_precision}); {len(rows)} of {len(probs)} eval images join "
         f"every fold's training set: " + ", ".join(f"{n} {c}" for n, c in zip(names, per_class) if c))
-    return out
+    return prep, out
 
 
 def _log_results(tracker: Tracker, parent: str, m: dict, out: Path) -> None:

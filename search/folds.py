@@ -5,7 +5,6 @@ checkpoint is complete is never retrained."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Callable
@@ -43,7 +42,7 @@ def _run_folds(cfg: Config, prep, ks: list[int], todo: list[int], out: Path, tra
         log(f"fold {k}: training ({cfg.train.epochs} epochs) -> {out / 'folds' / f'fold{k}'}")
     callbacks = [MlflowTrials(tracker.uri, cfg, parent=parent, folds=True), FoldCheckpoints(out, cfg.train.epochs)]
     # the workers need the train crops (and any pseudo-labelled images or soft targets), not the eval crops
-    shipped = dataclasses.replace(prep, eval=None, eval_crops=None, answers=None)
+    shipped = prep.without_eval()
     results = experiment.fit(
         cfg, name, experiment.trainable(cfg, experiment.object_store_ready(shipped)),
         callbacks=callbacks, log=log, param_space={"folds.fold": tune.grid_search(todo)},

@@ -78,3 +78,22 @@ def test_training_and_prediction_read_rows_of_the_shared_crops_without_copying_t
     plain = predict.model_probs(net, ck_cfg, copy, tta=False, batch_size=32)
     mirrored = predict.model_probs(net, ck_cfg, np.ascontiguousarray(copy[:, :, ::-1]), tta=False, batch_size=32)
     np.testing.assert_allclose(probs, (plain + mirrored) / 2, rtol=0, atol=1e-6)
+
+
+def test_prepared_never_changes_its_with_methods_return_a_new_one_sharing_the_arrays(smoke_data):
+    import dataclasses
+
+    prep = _prepared(smoke_data, size=16)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        prep.extra = None
+    eval_like = dataclasses.replace(prep, eval=prep.train.head(5), eval_crops=prep.train_crops)
+    extra = eval_like.eval_samples(np.array([4, 1]), np.array([7, 2]), np.full((2, 18), 1 / 18, np.float32))
+    assert (np.asarray(extra.images) == prep.train_crops.images[[4, 1]]).all() and extra.labels.tolist() == [7, 2]
+    soft = np.full((len(prep.train), 18), 1 / 18, np.float32)
+    taught = prep.with_extra(extra).with_soft(soft)
+    assert prep.extra is None and prep.soft is None  # the original is as it was
+    assert taught.extra is extra and taught.soft is soft and taught.train_crops is prep.train_crops
+    tr, _ = taught.fold(config.load(SMOKE), 0)
+    assert len(tr.labels) == len(folds.split(prep.train, 0, 5, config.load(SMOKE).folds.seed)[0]) + 2
+    trimmed = eval_like.without_eval()
+    assert trimmed.eval is None and trimmed.eval_crops is None and eval_like.eval is not None
