@@ -11,6 +11,7 @@ a study folder means its newest finished finalize. The outputs go to ``<run.dir>
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -183,6 +184,16 @@ OUTPUT_FILES = ("submission.csv", "oof.csv", "eval_probs.csv", "confusion_matrix
                 "metrics.json")
 
 
+@contextlib.contextmanager
+def _removed_on_error(folder: Path):
+    """``folder`` deleted when the block fails: a half-written combination is never left behind."""
+    try:
+        yield
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
 def out_dir(cfg: Config) -> Path:
     """``<run.dir>/combined``, or the first of ``combined-2``, ``combined-3``, ... that does not exist."""
     base, n = config_mod.run_dir(cfg) / "combined", 1
@@ -205,7 +216,7 @@ def run(cfg: Config, specs: dict[str, str], *, log: Callable[[str], None] = prin
               **{f"{t}_task": p.cfg.model.task for t, p in parts.items()}}
     name = "combine · " + " · ".join(f"{t}={p.name}" for t, p in parts.items())
     run_id = tracker.start("combine", name, key=out.name, params=params, reuse=False)
-    try:
+    with tracker.ending(run_id), _removed_on_error(tmp):
         m = combine(cfg, parts, tmp, log)
         tracker.log_metrics(run_id, {k: v for k, v in m.items() if isinstance(v, float)})
         tracker.log_metrics(run_id, {f"{t}_f1": v for t, v in m["task_f1"].items()})
@@ -219,11 +230,6 @@ def run(cfg: Config, specs: dict[str, str], *, log: Callable[[str], None] = prin
         for f in OUTPUT_FILES:
             tracker.log_artifact(run_id, out / f)
         tracker.set_tags(run_id, {"combined_dir": str(out)})
-    except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tracker.finish(run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-    tracker.finish(run_id)
     log(f"outputs in {out}; model models:/{EXPERIMENT}@{registry.ALIAS} (version {m['model_version']}); "
         f"browse: {tracker.ui_command()}")
     return m

@@ -191,7 +191,7 @@ def _distill(cfg: Config, tracker: Tracker, log: Callable[[str], None]) -> dict:
               "alpha": cfg.distill.alpha}
     parent = tracker.start("distill", f"distill · {cfg.run.study} · {cfg.model.backbone} · {out.name}", key=out.name,
                            params=params, tags={"distill_dir": str(out)})
-    try:
+    with tracker.ending(parent):  # the run shows how it ended; the next command continues it
         ckpts, notes = train_folds(cfg, prep, [k], out, tracker, parent, log)
         m = _scores(cfg, prep, ckpts[k], source, out, log)
         m.update(used)
@@ -207,10 +207,6 @@ def _distill(cfg: Config, tracker: Tracker, log: Callable[[str], None]) -> dict:
                                                      "val_f1": f"{m['val_f1']:.4f}"})
         tracker.log_text(parent, json.dumps(m, indent=2), DONE_FILE)
         write_json(out / DONE_FILE, m)
-    except BaseException as e:  # the run shows how it ended; the next command continues it
-        tracker.finish(parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-    tracker.finish(parent)
     ev = ""
     if "eval_f1" in m:
         ev = f", eval macro F1 {m['eval_f1']:.4f}"

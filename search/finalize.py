@@ -116,7 +116,7 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
     if cfg.pseudo.enabled:
         prep, pseudo = _pseudo_labels(cfg, prep, log)
     out, parent = _start(cfg, tracker, ks, log)
-    try:
+    with tracker.ending(parent):  # the run shows how it ended; the next command continues it
         if pseudo is not None:
             pseudo.pop("table").to_csv(out / "pseudo_labels.csv", index=False)
             tracker.log_artifact(parent, out / "pseudo_labels.csv")
@@ -139,11 +139,7 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
                                                tags={"oof_f1": f"{m['oof_f1']:.4f}", "final_dir": str(out)})
         tracker.log_text(parent, json.dumps(m, indent=2), DONE_FILE)
         write_json(out / DONE_FILE, m)
-    except BaseException as e:  # the run shows how it ended; the next command continues it
-        tracker.finish(parent, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-    tracker.set_tags(parent, {"folds_trained": ",".join(map(str, m["trained_folds"])) or "none"})
-    tracker.finish(parent)
+        tracker.set_tags(parent, {"folds_trained": ",".join(map(str, m["trained_folds"])) or "none"})
     ev = (f", eval macro F1 {m['eval_f1']:.4f} (single folds {m['eval_f1_fold_mean']:.4f} on average)"
           if "eval_f1" in m else "")
     task = "" if cfg.model.task == "all" else f"{cfg.model.task} model: "

@@ -179,6 +179,24 @@ class Tracker:
     def finish(self, run_id: str, status: str = "FINISHED") -> None:
         self.client.set_terminated(run_id, status=status)
 
+    @contextlib.contextmanager
+    def ending(self, run_id: str) -> Iterator[str]:
+        """A command's parent run for the block: FINISHED when the block ends, else KILLED (Ctrl-C, a signal)
+        or FAILED; its ``end_reason`` tag says how the last attempt ended (``finished``, ``interrupted`` or the
+        error's first line). The block's error is raised as it was (a tracking store that fails too does not
+        hide it)."""
+        try:
+            yield run_id
+        except BaseException as e:
+            killed = isinstance(e, KeyboardInterrupt)
+            reason = "interrupted" if killed else (f"{type(e).__name__}: {e}".splitlines() or ["?"])[0][:500]
+            with contextlib.suppress(Exception):
+                self.set_tags(run_id, {"end_reason": reason})
+                self.finish(run_id, "KILLED" if killed else "FAILED")
+            raise
+        self.set_tags(run_id, {"end_reason": "finished"})
+        self.finish(run_id)
+
     def status(self, run_id: str) -> str:
         return self.client.get_run(run_id).info.status
 
