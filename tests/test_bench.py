@@ -160,3 +160,16 @@ def test_gpu_check_without_gpu_exits_2_with_one_line(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and "no NVIDIA GPU on this machine" in r.stderr
     assert not results.exists()
+
+
+def test_startup_quick_mode_times_a_bad_config_and_records(smoke_cfg, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    r = subprocess.run([sys.executable, "bench/startup.py", "--quick", "--results", str(results),
+                        f"data.root={smoke_cfg.data.root}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "bad config (train.lr=-1): exit 2: best of 2:" in r.stdout
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| 20")]
+    assert len(rows) == 1 and "| bad config (train.lr=-1): exit 2 | 2 |" in rows[0]
+    bad = subprocess.run([sys.executable, "bench/startup.py", "--repeats", "0"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip() == "error: --repeats must be >= 1, got 0"
