@@ -55,10 +55,10 @@ def teacher_targets(cfg: Config, prep, source: Path, out: Path,
                     log: Callable[[str], None] = print) -> tuple[Any, dict]:
     """``prep`` with the ensemble's probabilities as the student's soft targets, softened by
     ``distill.temperature``: its ``soft`` for the train rows, and its ``extra`` for the pseudo-labelled eval
-    images of a pseudo-label finalize (with the ensemble's eval probabilities). ``distill.targets`` = ensemble: the soft vote of every
-    fold model on each training image (predicted once, kept in ``out/teacher_probs.npy``); oof: the out-of-fold
-    probabilities of the one fold model that never trained on it (a row no fold model scored gets its label).
-    Returns it and what was used."""
+    images of a pseudo-label finalize (with the ensemble's eval probabilities). ``distill.targets`` = ensemble:
+    the soft vote of every fold model on each training image (predicted once, kept in
+    ``out/teacher_probs.npy``); oof: the out-of-fold probabilities of the one fold model that never trained on
+    it (a row no fold model scored gets its label). Returns it and what was used."""
     import pandas as pd
 
     from maskclf import losses, tasks
