@@ -106,6 +106,73 @@ def trainable(cfg: Config, prep, fn: Callable | None = None):
     return tune.with_resources(fn, {"cpu": cfg.search.cpus_per_trial, "gpu": cfg.search.gpus_per_trial})
 
 
+class ResumeFromWhatIsKept:
+    """Mixed into the trainable's Tune class (``__mixins__``, see :func:`resumable`): a trial restored from a
+    checkpoint that is gone resumes from the newest one its folder keeps, or starts over if none is left.
+
+    Tune deletes a trial's older checkpoint (``num_to_keep=1``) as soon as a newer one arrives and snapshots the
+    experiment just after; a driver killed between the two leaves a snapshot naming the deleted checkpoint, and
+    Tune's own restore would fail the trial on every retry ("does not exist on storage anymore")."""
+
+    def restore(self, checkpoint_path):
+        result = checkpoint_path
+        checkpoint = getattr(result, "checkpoint", None)
+        if checkpoint is not None and not _exists(checkpoint.filesystem, checkpoint.path):
+            newer = newest_kept(checkpoint.filesystem, checkpoint.path)
+            if newer is None:
+                print(f"checkpoint {checkpoint.path} is gone and no other is kept: the trial starts over", flush=True)
+                return None
+            print(f"checkpoint {checkpoint.path} is gone: resuming from {newer}", flush=True)
+            # one report per checkpoint: the newer checkpoint is that many iterations further on
+            shift = checkpoint_index(newer) - checkpoint_index(checkpoint.path)
+            metrics = dict(result.metrics)
+            if "training_iteration" in metrics:
+                metrics["training_iteration"] = int(metrics["training_iteration"]) + shift
+            result = type(result)(checkpoint=type(checkpoint)(newer, filesystem=checkpoint.filesystem),
+                                  metrics=metrics)
+        return super().restore(result)
+
+
+def resumable(trainable_fn):
+    """``trainable_fn`` (a function trainable) restored as :class:`ResumeFromWhatIsKept` says.
+
+    Tune builds a function trainable's class with the classes in its ``__mixins__`` first
+    (``ray.tune.trainable.function_trainable.wrap_function``); tests/test_experiment.py fails the day that
+    changes."""
+    if isinstance(trainable_fn, type):
+        return trainable_fn
+    mixins = tuple(getattr(trainable_fn, "__mixins__", ()))
+    if ResumeFromWhatIsKept not in mixins:
+        trainable_fn.__mixins__ = (ResumeFromWhatIsKept, *mixins)
+    return trainable_fn
+
+
+def checkpoint_index(path: str) -> int:
+    """The number Tune gives a trial's checkpoint folder (``checkpoint_000004`` -> 4; -1 for another name)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    head, _, number = name.partition("_")
+    return int(number) if head == "checkpoint" and number.isdigit() else -1
+
+
+def _exists(fs, path: str) -> bool:
+    from pyarrow.fs import FileType
+
+    return fs.get_file_info(path).type != FileType.NotFound
+
+
+def newest_kept(fs, gone: str) -> str | None:
+    """The checkpoint folder beside ``gone`` (a trial's ``checkpoint_*``) with the highest number, or None."""
+    from pyarrow.fs import FileSelector, FileType
+
+    trial_dir = gone.rstrip("/").rsplit("/", 1)[0]
+    try:
+        infos = fs.get_file_info(FileSelector(trial_dir))
+    except (FileNotFoundError, OSError):
+        return None
+    kept = [i.path for i in infos if i.type == FileType.Directory and checkpoint_index(i.path) >= 0]
+    return max(kept, key=checkpoint_index, default=None)
+
+
 def epoch_budget(budget: int, trained: dict[str, int] | None = None):
     """A Tune Stopper that ends the study once its trials have trained ``budget`` epochs in all.
 
@@ -171,6 +238,7 @@ def fit(cfg: Config, name: str, trainable_fn, *, callbacks: list, log: Callable[
     # files: MLflow holds the curves, and Tune's TensorBoard writer would import torch into the driver
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     callbacks = [*callbacks, tune.logger.CSVLoggerCallback(), tune.logger.JsonLoggerCallback()]
+    trainable_fn = resumable(trainable_fn)
     path = os.path.join(storage_path(cfg), name)
     if tune.Tuner.can_restore(path):
         log(f"resuming {what} '{name}' from {path}")
