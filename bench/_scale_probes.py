@@ -73,9 +73,14 @@ def instrument(probe: Probe) -> None:
     probe.wrap(OptunaSearch, "suggest", "suggest")  # also inside "searcher": the TPE part alone
     for name in ("find", "start", "set_tags", "finish", "status"):
         probe.wrap(Tracker, name, f"mlflow.{name}")
-    for name in ("_log_epoch", "_log_epochs"):  # metric writes: in Tune's loop before, on the writer after
-        if hasattr(MlflowTrials, name):
-            probe.wrap(MlflowTrials, name, "mlflow.metrics")
+    try:  # metric writes: in Tune's loop before, on the writer after
+        from search.trial_runs import TrialRuns
+    except ImportError:  # a checkout from before search/trial_runs.py: the callback wrote them itself
+        TrialRuns = None
+    for owner, name in ((MlflowTrials, "_log_epoch"), (MlflowTrials, "_log_epochs"), (TrialRuns, "log_epoch"),
+                        (TrialRuns, "log_epochs")):
+        if owner is not None and hasattr(owner, name):
+            probe.wrap(owner, name, "mlflow.metrics")
     if hasattr(MlflowTrials, "flush"):
         probe.wrap(MlflowTrials, "flush", "mlflow.flush")
 
