@@ -88,13 +88,9 @@ def started_ray() -> str | None:
     ``ray start`` (and so ``ray up``) records its address in Ray's temp folder, and a plain ``ray.init()``
     does not: so a private Ray another command started is not found here, while ``address="auto"``
     would join any Ray running on the node."""
-    from ray._private import services
+    from search.private_api import recorded_ray_address
 
-    recorded = services.find_bootstrap_address(None)
-    if not recorded:
-        return None
-    services.find_gcs_addresses.cache_clear()
-    return recorded if recorded in services.find_gcs_addresses() else None
+    return recorded_ray_address()
 
 
 def check_resources(cfg: Config, wait_s: float = 0, log: Callable[[str], None] = print) -> None:

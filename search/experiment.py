@@ -107,7 +107,7 @@ def trainable(cfg: Config, prep, fn: Callable | None = None):
 
 
 class ResumeFromWhatIsKept:
-    """Mixed into the trainable's Tune class (``__mixins__``, see :func:`resumable`): a trial restored from a
+    """Mixed into the trainable's Tune class (:func:`resumable`): a trial restored from a
     checkpoint that is gone resumes from the newest one its folder keeps, or starts over if none is left.
 
     Tune deletes a trial's older checkpoint (``num_to_keep=1``) as soon as a newer one arrives and snapshots the
@@ -134,17 +134,12 @@ class ResumeFromWhatIsKept:
 
 
 def resumable(trainable_fn):
-    """``trainable_fn`` (a function trainable) restored as :class:`ResumeFromWhatIsKept` says.
-
-    Tune builds a function trainable's class with the classes in its ``__mixins__`` first
-    (``ray.tune.trainable.function_trainable.wrap_function``); tests/test_experiment.py fails the day that
-    changes."""
+    """``trainable_fn`` (a function trainable) restored as :class:`ResumeFromWhatIsKept` says."""
     if isinstance(trainable_fn, type):
         return trainable_fn
-    mixins = tuple(getattr(trainable_fn, "__mixins__", ()))
-    if ResumeFromWhatIsKept not in mixins:
-        trainable_fn.__mixins__ = (ResumeFromWhatIsKept, *mixins)
-    return trainable_fn
+    from search.private_api import mix_into_trainable
+
+    return mix_into_trainable(trainable_fn, ResumeFromWhatIsKept)
 
 
 def checkpoint_index(path: str) -> int:
@@ -206,17 +201,11 @@ def trained_epochs(tuner) -> dict[str, int]:
 
 
 def use_run_config(tuner, callbacks: list, stop=None) -> None:
-    """Give a restored Tuner this run's callbacks (and stopper, where one is given).
+    """Give a restored Tuner this run's callbacks (and stopper, where one is given), not the ones pickled when
+    the experiment started (an old tracking URI, old code)."""
+    from search.private_api import tuner_run_config
 
-    Tune would reuse the callbacks pickled when the experiment started (an old tracking URI, old
-    code), and the public ``Tuner.restore`` takes none; its run config is replaced in place through Ray's
-    private ``_local_tuner`` (tests/test_experiment.py fails the day it changes). The project's other use of
-    a library's private fields is ``search.optuna_search`` (OptunaSearch's)."""
-    local = getattr(tuner, "_local_tuner", None)
-    if local is None or not hasattr(local, "get_run_config"):
-        raise RuntimeError("this Ray version's Tuner has no _local_tuner.get_run_config(): "
-                           "search/experiment.py use_run_config needs updating")
-    run_config = local.get_run_config()
+    run_config = tuner_run_config(tuner)
     run_config.callbacks, run_config.verbose = callbacks, 0
     if stop is not None:
         run_config.stop = stop

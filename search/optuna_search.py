@@ -3,7 +3,8 @@ keeps Optuna's records exact. A module of its own, imported when a search starts
 Tune pickles the searcher by reference to this class, so a restored study runs the current code.
 
 It relies on OptunaSearch's private fields (``_ot_study``, ``_ot_trials``, ``_storage``, ``_study_name``,
-``_completed_trials``): tests/test_studies.py fails the day Ray renames them."""
+``_completed_trials``): tests/test_studies.py fails the day Ray renames them (search/private_api.py lists every
+private interface the project uses)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """The one Tune experiment runner: a new experiment, then its restore with this run's callbacks and
-stopper (the one use of Ray's private API), on a real local Ray with a trainable that needs no data."""
+stopper, and from a checkpoint Tune deleted, on a real local Ray with trainables that need no data."""
 
 from __future__ import annotations
 
@@ -135,10 +135,3 @@ def test_checkpoint_numbers_and_the_newest_kept_folder(tmp_path):
     (trial / "checkpoint_000010").rmdir()
     assert experiment.newest_kept(fs, str(trial / "checkpoint_000001")) is None
 
-
-def test_use_run_config_names_the_ray_change_it_depends_on():
-    class NotATuner:
-        pass
-
-    with pytest.raises(RuntimeError, match="_local_tuner"):
-        experiment.use_run_config(NotATuner(), [])
