@@ -173,3 +173,42 @@ def test_startup_quick_mode_times_a_bad_config_and_records(smoke_cfg, tmp_path):
     bad = subprocess.run([sys.executable, "bench/startup.py", "--repeats", "0"], cwd=ROOT, capture_output=True,
                          text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.strip() == "error: --repeats must be >= 1, got 0"
+
+
+def test_suite_cpu_quick_mode_charges_a_tests_command_to_that_test(tmp_path):
+    results = tmp_path / "RESULTS.md"
+    r = subprocess.run([sys.executable, "bench/suite_cpu.py", "--quick", "--results", str(results)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "1 passed" in r.stdout and "search.tune" in r.stdout
+    rows = {line.split(" | ")[4]: line.split(" | ") for line in results.read_text().splitlines()
+            if line.startswith("| 20")}
+    assert set(rows) >= {"tests/test_tune.py"} and any(k.startswith("all (") for k in rows)
+    test_row = rows["tests/test_tune.py"]
+    assert float(test_row[5].rstrip(" s")) > 0 and int(test_row[7]) >= 1  # the command and the demo's workers
+
+
+@pytest.mark.unit
+def test_suite_cpu_charges_each_process_to_the_test_running_where_it_started():
+    sys.path.insert(0, str(ROOT / "bench"))
+    import suite_cpu
+
+    assert suite_cpu.kind("ray::ImplicitFunc.train") == "Ray worker (trials, folds, tasks)"
+    assert suite_cpu.kind("/x/ray/core/src/ray/raylet/raylet --raylet_socket_name=/t") == "Ray's own processes"
+    assert suite_cpu.kind("/v/bin/python -m search.finalize --config c.yaml") == "search.finalize"
+    assert suite_cpu.kind("/v/bin/python bench/tasks.py --quick") == "bench/tasks.py"
+    assert suite_cpu.kind("/v/bin/python -u -c import sys;exec(eval(sys.stdin.readline()))") == "pytest"
+    procs = [{"pid": 10, "ppid": 1, "first": 0.0, "cpu": 5.0, "cmd": "python -m pytest"},
+             {"pid": 11, "ppid": 10, "first": 1.0, "cpu": 4.0, "cmd": "python -u -c import sys;exec(eval(...))"},
+             {"pid": 20, "ppid": 11, "first": 12.0, "cpu": 9.0, "cmd": "python -m search.tune"},
+             {"pid": 21, "ppid": 20, "first": 13.0, "cpu": 2.0, "cmd": "raylet"},
+             {"pid": 22, "ppid": 21, "first": 14.0, "cpu": 7.0, "cmd": "ray::ImplicitFunc.train"},
+             {"pid": 30, "ppid": 11, "first": 31.0, "cpu": 3.0, "cmd": "python -m search.combine"},
+             {"pid": 40, "ppid": 1, "first": 5.0, "cpu": 99.0, "cmd": "another program"}]
+    timeline = [{"pid": 11, "test": "tests/test_a.py::test_one", "start": 10.0, "end": 20.0},
+                {"pid": 11, "test": "tests/test_b.py::test_two", "start": 30.0, "end": 40.0}]
+    kept = suite_cpu.descendants(procs, root=10)
+    assert [p["pid"] for p in kept] == [10, 11, 20, 21, 22, 30]  # not the other program
+    per_file, per_kind, count = suite_cpu.attribute(kept, timeline)
+    assert per_file == {"tests/test_a.py": 18.0, "tests/test_b.py": 3.0, "(pytest processes themselves)": 4.0}
+    assert count["tests/test_a.py"] == 3 and per_kind["Ray worker (trials, folds, tasks)"] == 7.0
