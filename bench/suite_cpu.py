@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"pytest exited {code}: {' '.join(tail)}")
     per_file, per_kind, count = attribute(procs, timeline)
     total = sum(p["cpu"] for p in procs)
-    print(f"pytest {' '.join(pytest_args)}: exit {code}, {wall:.0f} s wall, {total:.0f} CPU-s in {len(procs)} "
+    print(f"pytest {shlex.join(pytest_args)}: exit {code}, {wall:.0f} s wall, {total:.0f} CPU-s in {len(procs)} "
           f"processes ({total / wall:.2f} cores busy on average); {' '.join(tail)}")
     print("\nCPU-s  share  processes  test file")
     for name, cpu in per_file.most_common():
@@ -169,8 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\nCPU-s  share  process kind")
     for name, cpu in per_kind.most_common():
         print(f"{cpu:6.0f}  {cpu / total:5.1%}  {name}")
-    shown = " ".join(pytest_args)
-    cmd = "`python bench/suite_cpu.py " + " ".join(argv) + "`"
+    shown = shlex.join(pytest_args)
+    cmd = "`" + shlex.join(["python", "bench/suite_cpu.py", *argv]) + "`"
     stamp, where, code_id = str(datetime.date.today()), machine(), _code()
     append_row(SECTION, HEADER, [stamp, where, code_id, f"`{shown}`", f"all ({wall:.0f} s wall)", f"{total:.0f} s",
                                  "100%", str(len(procs)), cmd], args.results)
