@@ -1,4 +1,4 @@
-"""The search and finalize on a real multi-node Ray: a head with no CPUs and two worker nodes on
+"""The face crops, the search and finalize on a real multi-node Ray: a head with no CPUs and two worker nodes on
 this machine (``ray.cluster_utils.Cluster``), so every trial and fold runs on a worker node.
 
 The tests run in file order: the search's best config is what the finalize test finalizes.
@@ -88,6 +88,35 @@ def test_search_on_three_nodes_spreads_trials_and_never_reads_the_crop_cache(clu
     trials = pd.read_csv(Path(cluster_run["run.dir"]) / "smoke" / "trials.csv")
     assert set(trials["node"]) == set(table["node"])
     assert any((Path(cluster_run["search.storage_path"]) / "smoke").iterdir())  # Tune's records on shared storage
+
+
+def _noting_node(fn, folder: Path):
+    """``fn``, which also leaves a file named after the Ray node it ran on in ``folder``."""
+    def shard(*args, **kwargs):
+        import ray
+
+        (folder / ray.get_runtime_context().get_node_id()).touch()
+        return fn(*args, **kwargs)
+    return shard
+
+
+def test_face_crops_on_three_nodes_run_on_every_worker_and_give_the_crops_of_one_process(cluster, smoke_data,
+                                                                                       tmp_path):
+    from maskclf import crop_cache
+    from search import crops
+
+    photos = sorted((smoke_data / "train" / "images").glob("*/*"))[:32]
+    here = crop_cache.build_crop_cache(photos, tmp_path / "here", shard_size=4, progress=False, log=lambda s: None)
+    nodes, lines = tmp_path / "nodes", []
+    nodes.mkdir()
+    run = crops.runner(config.load(SMOKE, {"run.dir": str(tmp_path / "runs")}), lines.append)
+    spread = crop_cache.build_crop_cache(photos, tmp_path / "cluster", shard_size=4, progress=False, log=lines.append,
+                                         run_shards=lambda fn, jobs: run(_noting_node(fn, nodes), jobs))
+    assert any(line.startswith("face crops: shards as Ray tasks on 2 CPUs") for line in lines), lines
+    workers = {n.node_id for n in cluster.worker_nodes}
+    assert {p.name for p in nodes.iterdir()} == workers  # both one-CPU workers cropped; the CPU-less head did not
+    assert np.array_equal(spread.images, here.images) and np.array_equal(spread.boxes, here.boxes)
+    assert spread.found.tolist() == here.found.tolist() and spread.paths == here.paths
 
 
 def test_finalize_on_three_nodes_spreads_folds(cluster, cluster_run, smoke_data):
