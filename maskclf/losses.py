@@ -70,6 +70,16 @@ def soften(probs: np.ndarray, temperature: float) -> np.ndarray:
     return (p / p.sum(1, keepdims=True)).astype(np.float32)
 
 
+def teacher_targets(probs: np.ndarray, labels: np.ndarray, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+    """A student's soft targets from its teacher's probabilities, softened by ``temperature``: a row the teacher
+    did not score (any NaN) takes its hard label (``labels``, one per row) instead. Returns the targets and which
+    rows took their label."""
+    probs = np.array(probs, dtype=np.float64)
+    missing = np.isnan(probs).any(1)
+    probs[missing] = np.eye(probs.shape[1])[np.asarray(labels)[missing]]
+    return soften(probs, temperature), missing
+
+
 LOSSES: dict[str, Callable[..., LossFn]] = {
     "ce": lambda counts, **kw: nn.CrossEntropyLoss(),
     "smooth": lambda counts, label_smoothing=0.1, **kw: nn.CrossEntropyLoss(label_smoothing=label_smoothing),

@@ -66,18 +66,15 @@ def teacher_targets(cfg: Config, prep, source: Path, out: Path,
     cols = [f"p{c}" for c in range(tasks.num_classes(cfg.model.task))]
     if cfg.distill.targets == "ensemble":
         probs = _ensemble_probs(cfg, prep, source, out, log)
-        missing = np.zeros(len(probs), bool)
-    else:
+    else:  # rows of folds the source did not finalize are NaN: their hard labels stand in
         oof = pd.read_csv(source / "oof.csv").set_index("path")
         probs = oof.reindex(prep.train["path"].astype(str).to_numpy())[cols].to_numpy(np.float64)
-        missing = np.isnan(probs).any(1)
-        if missing.all():
+        if np.isnan(probs).any(1).all():
             raise InputError(f"distill.source: {source / 'oof.csv'} scores none of the training images at "
                              f"{cfg.data.root}")
-        if missing.any():  # folds the source did not finalize: their hard labels stand in
-            labels = prep.labels(np.flatnonzero(missing), cfg.model.task, cfg.data.age_old)
-            probs[missing] = np.eye(len(cols))[labels]
-    prep = prep.with_soft(losses.soften(probs, cfg.distill.temperature))
+    labels = prep.labels(np.arange(len(probs)), cfg.model.task, cfg.data.age_old)
+    soft, missing = losses.teacher_targets(probs, labels, cfg.distill.temperature)
+    prep = prep.with_soft(soft)
     used = {"targets": cfg.distill.targets, "train_rows_with_ensemble_targets": int((~missing).sum()),
             "train_rows_with_labels_only": int(missing.sum())}
     pseudo_file = source / "pseudo_labels.csv"

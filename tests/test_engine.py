@@ -145,6 +145,16 @@ def test_distill_loss_mixes_the_soft_cross_entropy_at_temperature_with_the_hard_
     assert np.allclose(losses.soften(p, 1.0), p) and np.allclose(losses.soften(p, 2.0), np.sqrt(p) / np.sqrt(p).sum())
 
 
+def test_teacher_targets_soften_the_teachers_scores_and_fall_back_to_labels_where_it_gave_none():
+    probs = np.array([[0.7, 0.2, 0.1], [np.nan, np.nan, np.nan], [0.1, 0.1, 0.8], [0.5, np.nan, 0.5]])
+    labels = np.array([2, 1, 0, 0])
+    soft, missing = losses.teacher_targets(probs, labels, 2.0)
+    assert missing.tolist() == [False, True, False, True]
+    assert np.allclose(soft[[0, 2]], losses.soften(probs[[0, 2]], 2.0))  # the teacher's own rows: its scores
+    assert soft[1].argmax() == 1 and soft[3].argmax() == 0 and soft[1, 1] > 0.99  # the others: their labels
+    assert np.allclose(soft.sum(1), 1) and np.isnan(probs[1]).all()  # the caller's array is left as it was
+
+
 def test_a_student_learns_the_teachers_soft_targets_when_its_hard_labels_are_noise(tmp_path):
     cfg = _cfg(tmp_path, **{"distill.alpha": 1.0, "distill.temperature": 2.0})
     train = _easy_samples()
