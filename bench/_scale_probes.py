@@ -59,6 +59,7 @@ def instrument(probe: Probe) -> None:
     from search.callback import MlflowTrials
     from search.progress import LiveTable
     from search.tracking import Tracker
+    from search.trial_runs import TrialRuns
 
     for name in ("suggest", "on_trial_result", "on_trial_complete"):
         probe.wrap(OptunaSearch, name, "searcher")
@@ -73,14 +74,8 @@ def instrument(probe: Probe) -> None:
     probe.wrap(OptunaSearch, "suggest", "suggest")  # also inside "searcher": the TPE part alone
     for name in ("find", "start", "set_tags", "finish", "status"):
         probe.wrap(Tracker, name, f"mlflow.{name}")
-    try:  # metric writes: in Tune's loop before, on the writer after
-        from search.trial_runs import TrialRuns
-    except ImportError:  # a checkout from before search/trial_runs.py: the callback wrote them itself
-        TrialRuns = None
-    for owner, name in ((MlflowTrials, "_log_epoch"), (MlflowTrials, "_log_epochs"), (TrialRuns, "log_epoch"),
-                        (TrialRuns, "log_epochs")):
-        if owner is not None and hasattr(owner, name):
-            probe.wrap(owner, name, "mlflow.metrics")
+    for name in ("log_epoch", "log_epochs"):  # metric writes: in Tune's loop before, on the writer after
+        probe.wrap(TrialRuns, name, "mlflow.metrics")
     if hasattr(MlflowTrials, "flush"):
         probe.wrap(MlflowTrials, "flush", "mlflow.flush")
 
