@@ -56,10 +56,10 @@ def instrument(probe: Probe) -> None:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from search.callback import MlflowTrials
-    from search.progress import LiveTable
+    from search.tracking.callback import MlflowTrials
+    from search.cluster.progress import LiveTable
     from search.tracking import Tracker
-    from search.trial_runs import TrialRuns
+    from search.tracking.trial_runs import TrialRuns
 
     for name in ("suggest", "on_trial_result", "on_trial_complete"):
         probe.wrap(OptunaSearch, name, "searcher")

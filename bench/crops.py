@@ -7,7 +7,7 @@ Builds the crop cache entry of the first ``--images`` train photos of the config
 
 - ``one process``: ``maskclf.crop_cache.build_crop_cache`` as ``maskclf.train`` and the bench scripts run it, every
   shard in this process with torch's default threads (what a command's driver did before shards ran on Ray);
-- ``Ray tasks``: the same call with ``search.crops.runner``: each shard of ``--shard-size`` photos a Ray task
+- ``Ray tasks``: the same call with ``search.cluster.crops.runner``: each shard of ``--shard-size`` photos a Ray task
   with one CPU, on a private local Ray started beforehand (its start-up is not timed: a command has its Ray
   up before it crops).
 
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     here = [_build(paths, cfg, shard) for _ in range(repeats)]
     import ray
 
-    from search import crops
+    from search.cluster import crops
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     try:

@@ -25,7 +25,7 @@ import torch
 
 from maskclf import config, dataset, engine, inputs
 from maskclf.errors import InputError, cli
-from search.experiment import study_dir
+from search.cluster.experiment import study_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402

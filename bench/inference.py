@@ -3,7 +3,7 @@
     python bench/inference.py [--quick] [--images N] [--results PATH] [--config conf/search.yaml] [key=value ...]
 
 Both paths are the product's own. "from JPEGs" calls the registered model's ``predict``
-(``search.registry.EnsembleModel``, loaded from fold checkpoints as MLflow loads it): decode each
+(``search.tracking.registry.EnsembleModel``, loaded from fold checkpoints as MLflow loads it): decode each
 file, MTCNN face crop with the folds' crop settings, then soft voting. "from crops" starts from the
 cached uint8 face crops, as finalize scores the eval set (``maskclf.predict.predict_crops``). Both
 use flip TTA when ``finalize.tta`` is on (the default, as in finalize and the registered model), so
@@ -56,7 +56,7 @@ def ensemble(ckpts: Sequence[Path], cfg: config.Config):
     """The registered model's class, loaded from ``ckpts`` the way ``mlflow.pyfunc.load_model`` loads it."""
     from mlflow.pyfunc import PythonModelContext
 
-    from search.registry import EnsembleModel
+    from search.tracking.registry import EnsembleModel
 
     model = EnsembleModel()
     artifacts = {f"fold{k}": str(c) for k, c in enumerate(ckpts)}

@@ -5,7 +5,7 @@
 The configuration is the config's own (its defaults for every searched key), run for N epochs
 (default ``train.epochs``). The search runs it as a study of one trial: ``search.num_samples=1``
 and a one-point space (``train.optimizer`` fixed to its value; an empty ``search.space`` is
-refused by ``search.space.validate``), so the trial trains exactly the configuration that ``fit``
+refused by ``search.study.space.validate``), so the trial trains exactly the configuration that ``fit``
 trains, on the same fold, device and ``train.threads``.
 
 Two ratios, search / plain:

@@ -1,6 +1,6 @@
 """Replay recorded learning curves (bench/curves.jsonl) through the product's own search stack.
 
-A study here is ``search.tune``'s own Tune experiment: the Tuner of ``search.experiment.fit`` with the
+A study here is ``search.tune``'s own Tune experiment: the Tuner of ``search.cluster.experiment.fit`` with the
 search arguments of ``search.tune`` (OptunaSearch on the study's Optuna database with TPE or random
 sampling, ASHA, the concurrency limit, the epoch-budget stopper). Only the trainable differs: instead
 of training, :func:`replay_trial` looks up the recorded configuration nearest to the trial's parameters
@@ -138,7 +138,8 @@ def run_study(cfg: Config, table: Table, log: Callable[[str], None] = lambda s: 
 
     import ray.cloudpickle
 
-    from search import experiment, optuna_study
+    from search.cluster import experiment
+    from search.study import optuna_study
     from search import tune as tune_mod
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers need not import bench/

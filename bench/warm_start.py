@@ -32,7 +32,7 @@ from bench._results import RESULTS, append_row, machine  # noqa: E402
 from maskclf import config  # noqa: E402
 from maskclf.errors import cli  # noqa: E402
 from search import tune  # noqa: E402
-from search.experiment import study_dir  # noqa: E402
+from search.cluster.experiment import study_dir  # noqa: E402
 
 SECTION = "Warm start: new studies of the demo search with and without an earlier study's trials"
 SMOKE = Path(__file__).resolve().parent.parent / "conf" / "smoke.yaml"

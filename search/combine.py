@@ -53,7 +53,7 @@ class Part:
 
 def _final(run_dir: Path, spec: str) -> tuple[Path | None, str]:
     """The finished final folder a STUDY argument names, or None and why not."""
-    from search.outputs import DONE_FILE, finished
+    from search.study.outputs import DONE_FILE, finished
 
     path = Path(spec).expanduser() if ("/" in spec or spec.startswith(".")) else run_dir / spec
     if not path.is_dir():
@@ -204,7 +204,7 @@ def out_dir(cfg: Config) -> Path:
 
 def run(cfg: Config, specs: dict[str, str], *, log: Callable[[str], None] = print) -> dict:
     """Combine the finalized studies ``specs`` (task -> STUDY); returns what metrics.json holds."""
-    from search import registry
+    from search.tracking import registry
     from search.tracking import Tracker, tracking_uri
 
     parts = load_parts(cfg, specs)

@@ -26,9 +26,9 @@ import numpy as np
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError, cli
-from search.experiment import epochs_done, study_dir
-from search.folds import train_folds
-from search.outputs import DONE_FILE, finished, output_dir, write_json
+from search.cluster.experiment import epochs_done, study_dir
+from search.cluster.folds import train_folds
+from search.study.outputs import DONE_FILE, finished, output_dir, write_json
 from search.tracking import Tracker, trial_params, tracking_uri
 
 
@@ -95,7 +95,7 @@ def teacher_targets(cfg: Config, prep, source: Path, out: Path,
 def _ensemble_probs(cfg: Config, prep, source: Path, out: Path, log: Callable[[str], None]) -> np.ndarray:
     """The source ensemble's soft vote on every training image (flip TTA as its finalize used it), computed once."""
     from maskclf import predict
-    from search import predictions
+    from search.cluster import predictions
 
     cache = out / "teacher_probs.npy"
     if cache.is_file():
@@ -119,7 +119,7 @@ def _scores(cfg: Config, prep, ckpt: Path, source: Path, out: Path, log: Callabl
     """The student on its validation fold (oof.csv) and on the eval images (eval_probs.csv, submission.csv),
     beside the ensemble's and the fold model's figures from the source's metrics.json."""
     from maskclf import folds, metrics, predict
-    from search import predictions
+    from search.cluster import predictions
 
     k = cfg.distill.fold
     rows = folds.split(prep.train, k, cfg.folds.n, cfg.folds.seed)[1]
@@ -164,7 +164,9 @@ def run(cfg: Config, *, log: Callable[[str], None] = print) -> dict:
 
 def _distill(cfg: Config, tracker: Tracker, log: Callable[[str], None]) -> dict:
     from maskclf import dataset
-    from search import cluster, crops, registry
+    from search import cluster
+    from search.cluster import crops
+    from search.tracking import registry
 
     source, why = finished(study_dir(cfg), cfg.distill.source)
     if source is None:

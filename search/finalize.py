@@ -6,8 +6,8 @@ checkpointing every epoch to the study's Tune storage; each finished fold's chec
 to ``<run.dir>/<study>/final/folds/fold<k>/``. Running the command again continues an interrupted
 finalize: complete folds are loaded, unfinished ones resume from their last epoch. A finished
 finalize (``metrics.json`` written last) is never overwritten: the next goes to ``final-2/``. All
-MLflow writes come from the driver. The folds train as in ``search.folds``; the fold models' out-of-fold and
-eval predictions run as Ray tasks too (``search.predictions``), where the folds trained: the driver only
+MLflow writes come from the driver. The folds train as in ``search.cluster.folds``; the fold models' out-of-fold and
+eval predictions run as Ray tasks too (``search.cluster.predictions``), where the folds trained: the driver only
 averages, scores and writes them. With ``pseudo.enabled`` every fold also trains on the eval images
 that a finished finalize's ensemble is confident about (``pseudo_labels.csv``; never a validation fold).
 """
@@ -23,9 +23,9 @@ from typing import Any, Callable
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError, cli
-from search.experiment import epochs_done, study_dir
-from search.folds import train_folds
-from search.outputs import DONE_FILE, finished, output_dir, write_json
+from search.cluster.experiment import epochs_done, study_dir
+from search.cluster.folds import train_folds
+from search.study.outputs import DONE_FILE, finished, output_dir, write_json
 from search.tracking import Tracker, trial_params, tracking_uri
 
 def load_best(config_path: str | Path | None, best: str | Path | None, overrides: list[str]) -> Config:
@@ -109,7 +109,8 @@ def run(cfg: Config, *, log: Callable[[str], None] = print) -> dict:
 
 def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str], None]) -> dict:
     from maskclf import dataset, ensemble
-    from search import crops, predictions, registry
+    from search.cluster import crops, predictions
+    from search.tracking import registry
 
     prep = dataset.prepare(cfg, need_eval=True, log=log, run_shards=crops.runner(cfg, log))
     pseudo = None

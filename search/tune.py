@@ -17,10 +17,12 @@ from typing import Callable
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError, RunFailed, cli
-from search import cluster, crops, experiment, optuna_study
-from search import space as space_mod
+from search import cluster
+from search.cluster import crops, experiment
+from search.study import optuna_study
+from search.study import space as space_mod
 from search import study as study_mod
-from search.experiment import METRIC, MODE, epoch_budget, study_dir
+from search.cluster.experiment import METRIC, MODE, epoch_budget, study_dir
 from search.tracking import Tracker, tracking_uri
 
 def _search_args(cfg: Config, part: str, record: dict | None = None) -> dict:
@@ -30,7 +32,7 @@ def _search_args(cfg: Config, part: str, record: dict | None = None) -> dict:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from search.optuna_search import searcher as study_searcher
+    from search.study.optuna_search import searcher as study_searcher
 
     s = cfg.search
     # a warm-started study's taken-over trials stand in for the random start-up: TPE models them at once
@@ -94,7 +96,7 @@ def _fit_part(cfg: Config, part: dict, prep, trainable: Callable | None, callbac
               record: dict, log: Callable[[str], None]) -> list:
     """One part's Tune experiment to its end (created, or restored where it stopped); its trials' results.
     ``before``: the trials of the parts before it."""
-    from search.progress import LiveTable
+    from search.cluster.progress import LiveTable
 
     part_cfg = study_mod.part_config(cfg, part)
     return list(experiment.fit(part_cfg, part["name"], experiment.trainable(cfg, prep, trainable),
@@ -111,8 +113,8 @@ def search(cfg: Config, prep, *, trainable: Callable | None = None, summary: dic
     Each recorded part runs (or resumes) in turn; when ``cfg`` asks for more trials or epochs than they
     planned, a part is added for the rest. ``tracker`` and ``record`` (the study's record): as the command
     opened and read them, else opened and read here."""
-    from search import report as report_mod
-    from search.callback import MlflowTrials
+    from search.tracking import report as report_mod
+    from search.tracking.callback import MlflowTrials
 
     # MLflow's HTTP client retries a lost server for minutes per call; a search should not stall on it
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
@@ -171,8 +173,8 @@ def no_result(results, cfg: Config) -> Exception:
 
 def _plots(table, results, cfg: Config, study: Path, log: Callable[[str], None]) -> list[Path]:
     """The study's plots under ``<study>/plots``; they only show results, so any failure is a warning."""
-    from search import plots
-    from search import report as report_mod
+    from search.tracking import plots
+    from search.tracking import report as report_mod
 
     try:
         return plots.write_all(table, cfg.search.space, report_mod.curves(results), study / "plots", log=log,

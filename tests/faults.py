@@ -70,7 +70,7 @@ def _optuna_trials(cfg) -> list:
     """The study's trials as its Optuna database holds them."""
     import optuna
 
-    from search.optuna_study import storage_url
+    from search.study.optuna_study import storage_url
 
     return optuna.load_study(study_name=cfg.run.study, storage=storage_url(cfg)).trials
 
@@ -80,7 +80,7 @@ def _check_optuna_matches(cfg, planned: int) -> None:
     value and every epoch Tune recorded (trials.csv), and nothing else but trials marked lost."""
     import pandas as pd
 
-    from search.optuna_study import LOST_ATTR
+    from search.study.optuna_study import LOST_ATTR
 
     trials = _optuna_trials(cfg)
     done = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]

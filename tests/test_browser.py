@@ -58,7 +58,7 @@ def _optuna_dashboard(cfg, tmp_path: Path) -> None:
     """optuna-dashboard, as ``search.tune`` prints it, on the finished study: its trials, values and curves."""
     import optuna
 
-    from search.optuna_study import dashboard_command, storage_url
+    from search.study.optuna_study import dashboard_command, storage_url
 
     port = free_port()
     command = dashboard_command(cfg).split("  then ")[0].split()

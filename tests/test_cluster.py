@@ -17,7 +17,7 @@ import pytest
 from maskclf import config, dataset
 from maskclf.errors import InputError
 from search import finalize
-from search import experiment
+from search.cluster import experiment
 from search import tune as tune_mod
 from tests.conftest import SMOKE
 
@@ -103,7 +103,7 @@ def _noting_node(fn, folder: Path):
 def test_face_crops_on_three_nodes_run_on_every_worker_and_give_the_crops_of_one_process(cluster, smoke_data,
                                                                                        tmp_path):
     from maskclf import crop_cache
-    from search import crops
+    from search.cluster import crops
 
     photos = sorted((smoke_data / "train" / "images").glob("*/*"))[:32]
     here = crop_cache.build_crop_cache(photos, tmp_path / "here", shard_size=4, progress=False, log=lambda s: None)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from maskclf import config, crop_cache
-from search import crops
+from search.cluster import crops
 from tests.conftest import ROOT, SMOKE
 
 PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"

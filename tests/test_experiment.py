@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from maskclf import config
-from search import experiment
+from search.cluster import experiment
 from tests.conftest import SMOKE
 
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from maskclf import config
-from search import cluster, experiment
+from search import cluster
+from search.cluster import experiment
 from search import tune as tune_mod
 from search.tracking import Tracker
 from tests.faults import ROOT, SMOKE, _args, _steps, _tracker
@@ -94,7 +95,7 @@ def test_trials_that_cannot_work_end_as_errors_and_the_search_goes_on(ray_local,
     assert len(table) == 4 and 0 < len(errors) < 4
     assert errors["error"].str.contains("loss is nan").all()
     assert (table[table["status"] != "error"]["train.lr"] == 1e-2).all()
-    from search.report import top_table
+    from search.tracking.report import top_table
 
     assert top_table(table).count("failed: ") == len(errors)
     tracker = _tracker(cfg)

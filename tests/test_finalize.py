@@ -122,7 +122,7 @@ def test_registered_model_predicts_in_a_fresh_process(study):
 
 def test_fold_models_predict_as_ray_tasks_exactly_as_in_one_process(study, monkeypatch):
     from maskclf import dataset, engine
-    from search import predictions
+    from search.cluster import predictions
 
     cfg = study.cfg
     prep = dataset.prepare(cfg, need_eval=True, log=lambda s: None, progress=False)

@@ -1,16 +1,22 @@
-"""The code's shape: two packages, one direction of dependency, no import cycle anywhere."""
+"""The code's shape: two packages, one direction of dependency, no import cycle anywhere; the commands apart
+from the machinery they share, no module too long to read, and the module paths of the earlier flat layout still
+importable."""
 
 from __future__ import annotations
 
 import ast
+import pickle
 from pathlib import Path
+
+import search
 
 from tests.conftest import ROOT
 
 
 def _modules() -> dict[str, Path]:
     mods = {}
-    for p in [*ROOT.glob("maskclf/**/*.py"), *ROOT.glob("search/*.py"), *ROOT.glob("tests/*.py"), *ROOT.glob("bench/*.py")]:
+    for p in [*ROOT.glob("maskclf/**/*.py"), *ROOT.glob("search/**/*.py"), *ROOT.glob("tests/*.py"),
+              *ROOT.glob("bench/*.py")]:
         parts = p.relative_to(ROOT).with_suffix("").parts
         name = parts[-1] if parts[0] == "bench" else ".".join(parts).removesuffix(".__init__")
         mods[name] = p
@@ -78,3 +84,33 @@ def test_no_command_imports_another():
     assert all(c in edges for c in COMMANDS)
     wrong = {c: sorted(n for n in edges[c] if n in COMMANDS) for c in COMMANDS}
     assert not any(wrong.values()), wrong
+
+
+def test_the_commands_sit_at_the_top_of_search_and_the_machinery_in_three_packages():
+    top = sorted(f"search.{p.stem}" for p in (ROOT / "search").glob("*.py") if p.stem != "__init__")
+    assert top == sorted(COMMANDS)
+    assert sorted(p.parent.name for p in (ROOT / "search").glob("*/__init__.py")) == ["cluster", "study", "tracking"]
+
+
+def test_no_module_is_over_300_lines():
+    long = {str(p.relative_to(ROOT)): n for package in ("maskclf", "search") for p in (ROOT / package).rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 300}
+    assert long == {}
+
+
+def test_the_paths_of_the_flat_layout_still_import_the_same_classes():
+    """A Tune experiment saved by the flat layout pickled ``search.callback.MlflowTrials``; a model registered
+    by it runs ``from search.registry import EnsembleModel`` when it loads."""
+    from search.study.optuna_search import StudySearch
+    from search.tracking.callback import MlflowTrials
+
+    assert pickle.loads(b"csearch.callback\nMlflowTrials\n.") is MlflowTrials
+    assert pickle.loads(b"csearch.optuna_search\nStudySearch\n.") is StudySearch
+    from search.registry import EnsembleModel  # the old path is what is tested
+    from search.tracking import registry
+
+    assert EnsembleModel is registry.EnsembleModel
+    assert registry.__spec__.name == "search.tracking.registry"  # the module keeps its own name
+    for old, new in search.MOVED.items():
+        assert (ROOT / Path(*new.split("."))).with_suffix(".py").is_file(), new
+        assert not (ROOT / Path(*old.split("."))).with_suffix(".py").exists(), old

@@ -1,4 +1,4 @@
-"""search.plots on a hand-made trials table: every plot is a readable PNG, and too little data is handled."""
+"""search.tracking.plots on a hand-made trials table: every plot is a readable PNG, and too little data is handled."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from search import plots
+from search.tracking import plots
 
 SPACE = {
     "model.backbone": {"choice": ["test_resnet", "test_efficientnet"]},
@@ -103,7 +103,7 @@ def test_history_follows_the_start_order(tmp_path):
 def test_start_order_reads_tune_trial_numbers():
     from types import SimpleNamespace
 
-    from search import report
+    from search.tracking import report
 
     def result(trial_id, folder):
         return SimpleNamespace(metrics={"trial_id": trial_id}, path=f"/runs/tune/s/{folder}")

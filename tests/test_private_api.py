@@ -1,11 +1,11 @@
-"""The private interfaces of Ray the project uses (search/private_api.py), checked against the installed Ray
+"""The private interfaces of Ray the project uses (search/cluster/private_api.py), checked against the installed Ray
 without starting it: a release that renames one fails here, not in a user's resumed study."""
 
 from __future__ import annotations
 
 import pytest
 
-from search import private_api
+from search.cluster import private_api
 
 
 def _train(config):

@@ -1,5 +1,5 @@
-"""The trials' MLflow runs on their own (search.trial_runs) and their filling-in from Tune's records after an
-outage or a killed driver (search.reconcile), in a real MLflow SQLite store. Tune's results are stood in for by
+"""The trials' MLflow runs on their own (search.tracking.trial_runs) and their filling-in from Tune's records after an
+outage or a killed driver (search.tracking.reconcile), in a real MLflow SQLite store. Tune's results are stood in for by
 plain records holding what a ResultGrid's results hold: metrics, config, error and the per-epoch history."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from maskclf import config
-from search import reconcile
+from search.tracking import reconcile
 from search.tracking import KEY_TAG
-from search.trial_runs import TrialRuns
+from search.tracking.trial_runs import TrialRuns
 from tests.conftest import SMOKE
 
 POINT = {"train.lr": 0.01, "train.optimizer": "sgd"}

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 from maskclf import config
-from search import optuna_study
+from search.study import optuna_study
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))

@@ -9,7 +9,7 @@ import pytest
 
 from maskclf import config
 from maskclf.errors import InputError
-from search import experiment
+from search.cluster import experiment
 from search import study as study_mod
 from search import tune as tune_mod
 from tests.conftest import ROOT, SMOKE
@@ -66,7 +66,7 @@ def test_fifo_with_random_sampler_trains_every_trial_to_the_end(ray_local, smoke
 
 @pytest.mark.integration
 def test_budget_stops_the_study_and_a_rerun_trains_no_more(ray_local, smoke_cfg, recwarn):
-    from search.optuna_study import open_study, storage_url
+    from search.study.optuna_study import open_study, storage_url
     from search.tracking import Tracker, tracking_uri
 
     budget, concurrent = 7, smoke_cfg.search.max_concurrent
@@ -91,7 +91,7 @@ def test_trials_table_leaves_out_trials_a_budget_stopped_before_they_started():
     import pandas as pd
     from types import SimpleNamespace
 
-    from search import report
+    from search.tracking import report
 
     cfg = config.load(SMOKE)
     ran = SimpleNamespace(config={"train.lr": 0.01}, metrics={"trial_id": "a1", "epoch": 2, "val_f1": 0.3},
@@ -116,7 +116,7 @@ def test_a_study_ignores_settings_its_sampler_and_scheduler_never_read(smoke_cfg
 
 
 def test_asha_grace_period_beyond_the_epochs_is_refused_before_the_search():
-    from search import space
+    from search.study import space
 
     cfg = config.load(SMOKE, {"train.epochs": 2, "search.grace_period": 3})  # one training does not care
     with pytest.raises(InputError, match="search.grace_period=3 is more than train.epochs=2"):

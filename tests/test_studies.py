@@ -15,9 +15,9 @@ import pytest
 
 from maskclf import config
 from maskclf.errors import InputError
-from search import optuna_study, space
+from search.study import optuna_study, space
 from search import study as study_mod
-from search.experiment import study_dir
+from search.cluster.experiment import study_dir
 from tests.conftest import ROOT, SMOKE
 
 
@@ -173,7 +173,7 @@ def test_trials_a_budget_stopped_mid_epoch_end_as_the_searcher_ends_stopped_tria
 
 
 def test_the_private_fields_of_optunasearch_that_the_study_searcher_relies_on_are_there():
-    """search/optuna_search.py reads and rebuilds these when it pickles and restores a searcher: a Ray release
+    """search/study/optuna_search.py reads and rebuilds these when it pickles and restores a searcher: a Ray release
     that renames one would break every resumed study."""
     from ray.tune.search.optuna import OptunaSearch
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 from maskclf import config
-from search import optuna_study
+from search.study import optuna_study
 from search import tune as tune_mod
 from search.tracking import Tracker, tracking_uri
 from tests.faults import _check_optuna_matches, _optuna_trials, _steps

@@ -12,7 +12,8 @@ import torch
 
 from maskclf import config, dataset, engine, ensemble, labels, metrics, model, tasks
 from maskclf.errors import InputError
-from search import combine, space
+from search import combine
+from search.study import space
 
 
 def _all_labels() -> np.ndarray:

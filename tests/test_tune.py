@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from maskclf import config
-from search import experiment
+from search.cluster import experiment
 from search import tune as tune_mod
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import SMOKE
@@ -88,7 +88,7 @@ class _Trial:
 def test_live_table_prints_a_line_per_trial_and_the_top_trials(tmp_path, capsys):
     import pickle
 
-    from search.progress import LiveTable
+    from search.cluster.progress import LiveTable
 
     cfg = config.load(ROOT / "conf" / "smoke.yaml")
     live = pickle.loads(pickle.dumps(LiveTable(cfg, every=2)))  # Tune pickles its callbacks

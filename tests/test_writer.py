@@ -1,11 +1,11 @@
-"""The MLflow writer thread of the Tune callback (search.writer), on its own: order, batching, failures."""
+"""The MLflow writer thread of the Tune callback (search.tracking.writer), on its own: order, batching, failures."""
 
 from __future__ import annotations
 
 import threading
 from types import SimpleNamespace
 
-from search.writer import Writer
+from search.tracking.writer import Writer
 
 
 def _trial(tid: str) -> SimpleNamespace:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from maskclf import config as config_mod
 from maskclf.config import Config
-from search.experiment import study_dir
+from search.cluster.experiment import study_dir
 
 DONE_FILE = "metrics.json"  # written last: its presence marks a finished finalize (or distillation)
 # Keys that change where or how fast a model trains, not the model it yields (the search's trials and a run's

@@ -1,6 +1,6 @@
 """Plots of a finished study, as PNG files: what a person looks at first in MLflow.
 
-Every function takes plain data (the trials table of ``search.report.trials_table``, the
+Every function takes plain data (the trials table of ``search.tracking.report.trials_table``, the
 ``search.space`` dict, per-trial epoch tables) and an output folder, and returns the path it
 wrote. Figures are drawn with ``Figure`` + ``FigureCanvasAgg`` rather than pyplot, so no global
 figure state leaks between calls and no display is ever needed.

@@ -137,7 +137,7 @@ def resumable(trainable_fn):
     """``trainable_fn`` (a function trainable) restored as :class:`ResumeFromWhatIsKept` says."""
     if isinstance(trainable_fn, type):
         return trainable_fn
-    from search.private_api import mix_into_trainable
+    from search.cluster.private_api import mix_into_trainable
 
     return mix_into_trainable(trainable_fn, ResumeFromWhatIsKept)
 
@@ -203,7 +203,7 @@ def trained_epochs(tuner) -> dict[str, int]:
 def use_run_config(tuner, callbacks: list, stop=None) -> None:
     """Give a restored Tuner this run's callbacks (and stopper, where one is given), not the ones pickled when
     the experiment started (an old tracking URI, old code)."""
-    from search.private_api import tuner_run_config
+    from search.cluster.private_api import tuner_run_config
 
     run_config = tuner_run_config(tuner)
     run_config.callbacks, run_config.verbose = callbacks, 0

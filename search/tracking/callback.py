@@ -1,12 +1,13 @@
 """A Tune callback on the driver that mirrors every trial into MLflow as a child of the search run
-(:mod:`search.trial_runs`), and fills in what MLflow missed from Tune's records at the end (:mod:`search.reconcile`).
+(:mod:`search.tracking.trial_runs`), and fills in what MLflow missed from Tune's records at the end
+(:mod:`search.tracking.reconcile`).
 
 Logging from the driver means worker nodes never need to reach the tracking server,
 and a resumed search finds its runs again by tag instead of logging them twice.
 A tracking failure mid-search is a warning, never the end of the search.
 
 With ``search.log_in_background`` (the default) the writes leave Tune's event loop: they go,
-in order, to a writer thread (``search.writer``) that logs each trial's pending epochs in one batch, so a
+in order, to a writer thread (``search.tracking.writer``) that logs each trial's pending epochs in one batch, so a
 slow tracking store delays MLflow, not the trials waiting for the driver to take their results.
 """
 
@@ -20,11 +21,11 @@ import pandas as pd
 from ray import tune
 
 from maskclf.config import Config
-from search import reconcile
-from search.progress import error_line, outcome
+from search.tracking import reconcile
+from search.cluster.progress import error_line, outcome
 from search.tracking import Tracker
-from search.trial_runs import SHOWN, TrialRuns
-from search.writer import Writer
+from search.tracking.trial_runs import SHOWN, TrialRuns
+from search.tracking.writer import Writer
 
 
 class MlflowTrials(tune.Callback):

@@ -32,7 +32,7 @@ from maskclf import engine, inputs, predict, tasks
 ALIAS = "champion"
 # "Models from code": MLflow stores this script, not a pickle, and runs it when loading.
 _MODEL_CODE = """import mlflow
-from search.registry import {cls}
+from search.tracking.registry import {cls}
 
 mlflow.models.set_model({cls}())
 """

@@ -9,9 +9,9 @@ runs of trials that Tune ran again as new trials.
 from __future__ import annotations
 
 from maskclf.config import Config
-from search.progress import outcome
+from search.cluster.progress import outcome
 from search.tracking import KEY_TAG
-from search.trial_runs import TrialRuns
+from search.tracking.trial_runs import TrialRuns
 
 
 def fill_in(runs: TrialRuns, results, cfg: Config) -> None:

@@ -62,7 +62,7 @@ class LiveTable(tune.Callback):
                 **{k: trial.config.get(k) for k in self.keys}}
 
     def _finished(self, trials, trial, error: bool) -> None:
-        from search import report
+        from search.tracking import report
 
         try:
             # Tune may still list the trial as running when it calls back
@@ -103,7 +103,7 @@ class FoldCheckpoints(tune.Callback):
               f"val macro F1 {result.get('val_f1', math.nan):.4f}", flush=True)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        from search.experiment import copy_checkpoint, epochs_done
+        from search.cluster.experiment import copy_checkpoint, epochs_done
 
         dest = Path(self.out) / "folds" / f"fold{trial.config['folds.fold']}" / "checkpoint"
         # a fold restored after its end (its completion not yet in Tune's saved state) keeps the copy it has

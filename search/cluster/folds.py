@@ -11,7 +11,7 @@ from typing import Callable
 
 from maskclf.config import Config
 from maskclf.errors import RunFailed
-from search.experiment import epochs_done
+from search.cluster.experiment import epochs_done
 from search.tracking import Tracker
 
 
@@ -33,9 +33,10 @@ def _run_folds(cfg: Config, prep, ks: list[int], todo: list[int], out: Path, tra
     checkpoint is copied into ``out`` as it finishes. Returns how each fold was trained, and where."""
     from ray import tune
 
-    from search import cluster, experiment
-    from search.callback import MlflowTrials
-    from search.progress import FoldCheckpoints
+    from search import cluster
+    from search.cluster import experiment
+    from search.tracking.callback import MlflowTrials
+    from search.cluster.progress import FoldCheckpoints
 
     name = f"{cfg.run.study}-{out.name}-folds{'_'.join(map(str, ks))}"
     for k in todo:

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError
-from search.experiment import study_dir
+from search.cluster.experiment import study_dir
 
 # A study is the same study when these sections match; run.dir / tracking may move.
 STUDY_SECTIONS = ("data", "faces", "folds", "model", "train", "search")

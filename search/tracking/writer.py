@@ -1,4 +1,4 @@
-"""The writer thread of ``search.callback.MlflowTrials``: MLflow writes leave Tune's event loop and are done in
+"""The writer thread of ``search.tracking.callback.MlflowTrials``: MLflow writes leave Tune's event loop and are done in
 order on a thread of their own, each trial's consecutive results written as one batch."""
 
 from __future__ import annotations

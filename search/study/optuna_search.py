@@ -1,9 +1,9 @@
-"""Ray Tune's OptunaSearch on the study's Optuna database (``search.optuna_study``), with a resume that
+"""Ray Tune's OptunaSearch on the study's Optuna database (``search.study.optuna_study``), with a resume that
 keeps Optuna's records exact. A module of its own, imported when a search starts: it imports Ray, and
 Tune pickles the searcher by reference to this class, so a restored study runs the current code.
 
 It relies on OptunaSearch's private fields (``_ot_study``, ``_ot_trials``, ``_storage``, ``_study_name``,
-``_completed_trials``): tests/test_studies.py fails the day Ray renames them (search/private_api.py lists every
+``_completed_trials``): tests/test_studies.py fails the day Ray renames them (search/cluster/private_api.py lists every
 private interface the project uses)."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import warnings
 from ray.tune.search.optuna import OptunaSearch
 
 from maskclf.config import Config
-from search import optuna_study
-from search.optuna_study import PART_ATTR, close_lost, current_url, storage
+from search.study import optuna_study
+from search.study.optuna_study import PART_ATTR, close_lost, current_url, storage
 
 
 def searcher(cfg: Config, part: str, sampler, space, metric: str, mode: str) -> "StudySearch":

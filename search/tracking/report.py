@@ -66,7 +66,7 @@ def trials_table(results, cfg: Config) -> pd.DataFrame:
 def best_config(table: pd.DataFrame, results, cfg: Config) -> Config:
     """The complete config of the best trial of ``table`` (what ``maskclf.train`` and finalize accept), built
     from Tune's record of that trial's parameters, as the trial itself was; without the run-time device."""
-    from search.experiment import trial_config
+    from search.cluster.experiment import trial_config
 
     best = table.dropna(subset=["best_val_f1"]).iloc[0]["trial"]
     params = next(r.config for r in results if trial_key(r) == best)

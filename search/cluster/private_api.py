@@ -9,7 +9,7 @@ changes it. Nothing else in the project reaches past a library's public API, wit
   tests/test_experiment.py.
 - :func:`recorded_ray_address`: the address ``ray start`` recorded on this node, and whether that Ray still
   runs. ``ray._private.services``; tests/test_private_api.py and tests/test_side_by_side.py.
-- The exception: ``search.optuna_search.StudySearch`` subclasses Ray's ``OptunaSearch`` and keeps its state in
+- The exception: ``search.study.optuna_search.StudySearch`` subclasses Ray's ``OptunaSearch`` and keeps its state in
   that class's private fields (``_ot_study``, ``_ot_trials``, ``_storage``, ``_study_name``,
   ``_completed_trials``) and Optuna's ``Trial._trial_id``; tests/test_studies.py checks every one of them.
 """
@@ -22,7 +22,7 @@ def tuner_run_config(tuner):
     local = getattr(tuner, "_local_tuner", None)
     if local is None or not hasattr(local, "get_run_config"):
         raise RuntimeError("this Ray version's Tuner has no _local_tuner.get_run_config(): "
-                           "search/private_api.py tuner_run_config needs updating")
+                           "search/cluster/private_api.py tuner_run_config needs updating")
     return local.get_run_config()
 
 

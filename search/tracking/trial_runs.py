@@ -3,8 +3,8 @@
 A study's trials are children of its search run (started here, with the search's settings as params); a
 finalize's trials are its folds, children of the finalize run, named and keyed by fold. A run is found again by
 its key tag, so a resumed search continues its trials' runs, and an epoch already in a run is not logged again.
-:mod:`search.callback` writes through this as Tune reports; :mod:`search.reconcile` fills in from Tune's records
-what MLflow missed.
+:mod:`search.tracking.callback` writes through this as Tune reports; :mod:`search.tracking.reconcile` fills in
+from Tune's records what MLflow missed.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import yaml
 
 from maskclf import config as config_mod
 from maskclf.config import Config
-from search.experiment import trial_config
+from search.cluster.experiment import trial_config
 from search.tracking import KEY_TAG, Tracker, run_name, trial_params
 
 SHOWN = ("val_f1", "val_loss", "train_loss", "val_acc", "mask_acc", "gender_acc", "age_acc", "f1_lt30", "f1_30_59",

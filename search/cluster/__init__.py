@@ -88,7 +88,7 @@ def started_ray() -> str | None:
     ``ray start`` (and so ``ray up``) records its address in Ray's temp folder, and a plain ``ray.init()``
     does not: so a private Ray another command started is not found here, while ``address="auto"``
     would join any Ray running on the node."""
-    from search.private_api import recorded_ray_address
+    from search.cluster.private_api import recorded_ray_address
 
     return recorded_ray_address()
 

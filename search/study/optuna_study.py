@@ -14,11 +14,11 @@ from typing import Any, Callable
 from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError
-from search import space as space_mod
-from search.outputs import RUNTIME_KEYS  # a warm start ignores them
+from search.study import space as space_mod
+from search.study.outputs import RUNTIME_KEYS  # a warm start ignores them
 
 PART_ATTR, LOST_ATTR, FROM_ATTR = "maskclf.part", "maskclf.lost", "maskclf.from"
-# Where this run's driver finds each study's storage (``search.optuna_search.searcher`` sets it): a
+# Where this run's driver finds each study's storage (``search.study.optuna_search.searcher`` sets it): a
 # restored searcher reconnects there, not to the URL pickled when its experiment started (the run dir may
 # have moved).
 _URLS: dict[str, str] = {}
