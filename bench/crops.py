@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._results import RESULTS, append_row, machine  # noqa: E402
 from maskclf import config, crop_cache, data, dataset, engine, faces, inputs  # noqa: E402
 from maskclf.errors import cli  # noqa: E402
+from search.study import settings
 
 SECTION = "Face crops: one process against shards on Ray"
 HEADER = ["photos", "shard", "one process", "Ray tasks", "speed-up", "same crops", "faces found"]
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(RESULTS), help="where the row goes (default bench/RESULTS.md)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    cfg = config.load(args.config, args.overrides)
+    cfg = settings.load(args.config, args.overrides)
     n = 32 if args.quick else args.images
     shard = args.shard_size or (8 if args.quick else 64)
     repeats = 1 if args.quick else args.repeats

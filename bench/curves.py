@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._results import machine  # noqa: E402
 from maskclf import config  # noqa: E402
 from maskclf.errors import InputError, cli  # noqa: E402
+from search.study import settings
 
 OUT = Path(__file__).with_name("curves.jsonl")
 SMOKE = Path(__file__).resolve().parent.parent / "conf" / "smoke.yaml"
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     overrides = (["train.epochs=2"] if args.quick else []) + args.overrides
-    cfg = config.load(args.config or (SMOKE if args.quick else config.DEFAULT_CONFIG), overrides)
+    cfg = settings.load(args.config or (SMOKE if args.quick else config.DEFAULT_CONFIG), overrides)
     args.configs = args.configs or (4 if args.quick else 200)
     args.second_seed = args.second_seed if args.second_seed is not None else (1 if args.quick else 40)
     if args.configs < 1 or args.second_seed < 0 or args.workers < 1 or args.grid < 2:

@@ -26,6 +26,7 @@ import torch
 from maskclf import config, dataset, engine, inputs
 from maskclf.errors import InputError, cli
 from search.cluster.experiment import study_dir
+from search.study import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402
@@ -69,7 +70,7 @@ def models(study: Path) -> list[dict]:
                         "probs": None, "measure": True})
     timed = set()  # students of one backbone and input size run at one speed: the first is timed
     for s in students:
-        sm, sc = _done(s), config.load_saved(s / "config.yaml")
+        sm, sc = _done(s), settings.load_saved(s / "config.yaml")
         if sm["alpha"] == 0:
             taught = f"hard labels only (alpha 0; {sm['source']}'s pseudo-labels)" if sm.get(
                 "pseudo_labelled_eval_images") else "hard labels only (alpha 0)"
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")), help="where the rows go")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    cfg = config.load(args.config, args.overrides)
+    cfg = settings.load(args.config, args.overrides)
     if cfg.model.task != "all":
         raise InputError(f"model.task={cfg.model.task}: bench/distill.py compares 18-class models")
     todo = models(study_dir(cfg))

@@ -26,6 +26,7 @@ import torch
 from maskclf import config, crop_cache, dataset, engine, faces, inputs, predict
 from maskclf.errors import cli
 from maskclf.schema import FacesConfig
+from search.study import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")), help="where the row goes")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    cfg = config.load(args.config, args.overrides)
+    cfg = settings.load(args.config, args.overrides)
     prep = dataset.prepare(cfg, log=lambda s: print(s, file=sys.stderr), progress=False)
     n = min(32 if args.quick else args.images, len(prep.train))
     paths = prep.train["path"].iloc[:n].tolist()

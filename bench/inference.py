@@ -31,6 +31,7 @@ import torch
 
 from maskclf import config, dataset, engine, inputs, predict
 from maskclf.errors import cli
+from search.study import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")), help="where the rows go")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    cfg = config.load(args.config, args.overrides)
+    cfg = settings.load(args.config, args.overrides)
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
     prep = dataset.prepare(cfg, need_eval=True, log=lambda s: print(s, file=sys.stderr), progress=False)

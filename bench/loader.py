@@ -39,6 +39,7 @@ from torchvision import transforms as T
 
 from maskclf import config, dataset, engine, inputs, model, transforms
 from maskclf.errors import InputError, cli
+from search.study import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     default = Path(__file__).resolve().parent.parent / "conf" / "competition.yaml"
-    cfg = config.load(args.config or str(default if args.feed else config.DEFAULT_CONFIG), args.overrides)
+    cfg = settings.load(args.config or str(default if args.feed else config.DEFAULT_CONFIG), args.overrides)
     if args.feed:
         problems = [f"--presets: unknown '{x}'; choose from {', '.join(transforms.PRESETS)}"
                     for x in args.presets.split(",") if x not in transforms.PRESETS]

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from maskclf import config, dataset, engine
 from maskclf.errors import cli
+from search.study import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")), help="where the row goes")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    base = config.load(args.config, args.overrides)
+    base = settings.load(args.config, args.overrides)
     cfg = fixed_config(base, 2 if args.quick else args.epochs or base.train.epochs)
     prep = dataset.prepare(cfg, log=lambda s: print(s, file=sys.stderr), progress=False)  # crop cache, untimed
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:

@@ -44,6 +44,7 @@ from typing import Callable
 
 from maskclf import config
 from maskclf.errors import cli
+from search.study import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402
@@ -309,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     gpus = [int(g) for g in args.gpus.split(",")]
     work = Path(args.dir)
     defaults = {"data.root": str(work / "data"), "faces.cache_dir": str(work / "cache"), **DATA}
-    base = config.load(args.config, [f"{k}={v}" for k, v in defaults.items()] + args.overrides)
+    base = settings.load(args.config, [f"{k}={v}" for k, v in defaults.items()] + args.overrides)
     from maskclf import dataset
 
     dataset.ensure_demo(base, log=lambda s: print(s, file=sys.stderr))

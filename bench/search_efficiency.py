@@ -61,8 +61,9 @@ import replay  # noqa: E402
 from _results import append_row, machine  # noqa: E402
 from maskclf import config  # noqa: E402
 from maskclf.config import Config  # noqa: E402
-from maskclf.schema import SearchConfig  # noqa: E402
+from search.study.settings import SearchConfig  # noqa: E402
 from maskclf.errors import InputError, cli  # noqa: E402
+from search.study import settings
 from search_profile import oracle_epochs  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -417,7 +418,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(HERE / "RESULTS.md"), help="where the rows go")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
-    cfg = config.load(args.config, args.overrides)
+    cfg = settings.load(args.config, args.overrides)
     seeds = args.seeds or (2 if args.quick else 20)
     budgets = sorted(args.budgets or ([4, 8] if args.quick else [8, 16, 32, 64]))
     methods = args.methods or (["random", "ours", "pruned", "top-k"] if args.quick else list(METHODS))

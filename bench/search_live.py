@@ -52,6 +52,7 @@ from maskclf import config  # noqa: E402
 from maskclf.config import Config  # noqa: E402
 from maskclf.errors import InputError, cli  # noqa: E402
 from search import cluster, tune  # noqa: E402
+from search.study import settings
 
 SMOKE = config.CONF_DIR / "smoke.yaml"
 SECTION = "Search: best val F1 against epochs spent, TPE + ASHA vs searches without early stopping"
@@ -211,7 +212,7 @@ def record(summary: dict[str, dict], budget: int, seeds: int, cmd: str, results:
 
 
 def _base_config(args: argparse.Namespace) -> Config:
-    cfg = config.load(args.config or (SMOKE if args.quick else config.DEFAULT_CONFIG), args.overrides)
+    cfg = settings.load(args.config or (SMOKE if args.quick else config.DEFAULT_CONFIG), args.overrides)
     # every study of the benchmark shares one run dir, and the crop cache of the config's run dir
     out = config.run_dir(cfg) / "bench-search"
     return config.apply(cfg, {"run.dir": str(out), "faces.cache_dir": str(config.cache_dir(cfg))})

@@ -19,6 +19,7 @@ import numpy as np
 
 from maskclf import config, dataset, engine
 from maskclf.errors import cli
+from search.study import settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import append_row, machine  # noqa: E402
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(config.DEFAULT_CONFIG))
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    cfg = config.load(args.config, args.overrides)
+    cfg = settings.load(args.config, args.overrides)
     prep = dataset.prepare(cfg, log=lambda s: print(s, file=sys.stderr))
     person_train, person_val = prep.fold(cfg)
     n = len(prep.train)

@@ -38,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench._results import RESULTS, append_row, machine  # noqa: E402
 from maskclf import config  # noqa: E402
 from maskclf.errors import cli  # noqa: E402
+from search.study import settings
 
 SECTION = "Tasks: one 18-way model against separate mask, gender and age models"
 SMOKE = Path(__file__).resolve().parent.parent / "conf" / "smoke.yaml"
@@ -167,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.overrides = ["train.epochs=1", "search.grace_period=1", "search.num_samples=1", "finalize.folds=0,1",
                           *args.overrides]
-    cfg = config.load(args.config, args.overrides)
+    cfg = settings.load(args.config, args.overrides)
     arms = run_arms(args, cfg)
     print(" | ".join(HEADER))
     for arm in arms.values():

@@ -33,6 +33,7 @@ from maskclf import config  # noqa: E402
 from maskclf.errors import cli  # noqa: E402
 from search import tune  # noqa: E402
 from search.cluster.experiment import study_dir  # noqa: E402
+from search.study import settings
 
 SECTION = "Warm start: new studies of the demo search with and without an earlier study's trials"
 SMOKE = Path(__file__).resolve().parent.parent / "conf" / "smoke.yaml"
@@ -104,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("overrides", nargs="*", metavar="key=value")
     args = p.parse_args(argv)
     overrides = (["train.epochs=2", "search.grace_period=1"] if args.quick else []) + args.overrides
-    cfg = config.load(args.config or (SMOKE if args.quick else config.DEFAULT_CONFIG), overrides)
+    cfg = settings.load(args.config or (SMOKE if args.quick else config.DEFAULT_CONFIG), overrides)
     seeds = args.seeds or ([1] if args.quick else [1, 2])
     import ray
 

@@ -1,8 +1,11 @@
-"""One typed config: the dataclass defaults of maskclf/schema.py, YAML files in conf/, dotted ``key=value`` overrides.
+"""One typed config: the dataclass defaults of a schema, YAML files in conf/, dotted ``key=value`` overrides.
 
-The same dotted keys serve the command line (``train.lr=3e-4``), the search space
-(``search.space: {train.lr: ...}``) and finalize, so a trial's configuration can
-always be rebuilt from its flat parameters.
+The schema is the core's (maskclf/schema.py) or one that adds sections to it (the search layer's,
+search/study/settings.py), passed to :func:`load`. The same dotted keys serve the command line (``train.lr=3e-4``),
+the search space (``search.space: {train.lr: ...}``) and finalize, so a trial's configuration can always be rebuilt
+from its flat parameters. A file may hold sections of a layer above the schema it is loaded with (the core's own
+commands read the search's config files): those are left to that layer, unless a section's name is a near miss of
+one of the schema's, which is reported as a typo.
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ def _unknown(key: str, known: list[str]) -> str:
     return f"unknown key '{key}'{hint}"
 
 
+def _typo(a: str, b: str) -> bool:
+    """``a`` is ``b`` mistyped: the same letters in another order, or one letter added, dropped or changed."""
+    if sorted(a) == sorted(b):
+        return True
+    if abs(len(a) - len(b)) > 1:
+        return False
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1] <= 1
+
+
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Convert ``value`` to the field type or raise ValueError with a readable reason."""
     if typ is bool:
@@ -73,7 +90,11 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
 
 def _set(cfg: Config, key: str, value: Any, problems: list[str], where: str) -> None:
     section, _, name = key.partition(".")
-    sub = getattr(cfg, section, None) if section in {f.name for f in dataclasses.fields(cfg)} else None
+    sections = [f.name for f in dataclasses.fields(cfg)]
+    if type(cfg) is Config and name and section not in sections and section.isidentifier() \
+            and not any(_typo(section, s) for s in sections):
+        return  # a section of a layer above the core's schema: that layer's to read and check
+    sub = getattr(cfg, section, None) if section in sections else None
     if sub is None or not name or name not in {f.name for f in dataclasses.fields(sub)}:
         problems.append(f"{_unknown(key, keys(cfg))} in {where}")
         return
@@ -90,7 +111,7 @@ def _flatten(tree: Any, where: str, problems: list[str], prefix: str = "") -> di
     flat: dict[str, Any] = {}
     for k, v in tree.items():
         key = f"{prefix}{k}"
-        if isinstance(v, dict) and "." not in key and k != "space":
+        if isinstance(v, dict) and "." not in key:  # a section; a mapping inside one is a value (search.space)
             flat.update(_flatten(v, where, problems, key + "."))
         else:
             flat[key] = v
@@ -126,9 +147,10 @@ def apply(cfg: Config, values: dict[str, Any], where: str = "overrides") -> Conf
     return cfg
 
 
-def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``overrides``; validated, with every local path
-    (:data:`PATH_KEYS`) made absolute against the current directory."""
+def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+         schema: type[Config] = Config) -> Config:
+    """Defaults of ``schema``, then the YAML file at ``path``, then ``overrides``; validated, with every local path
+    (``schema.PATH_KEYS``) made absolute against the current directory."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
@@ -140,7 +162,7 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
         raise InputError(f"{path}{loc}: not valid YAML") from None
     problems: list[str] = []
     flat = _flatten(tree, str(path), problems)
-    cfg = Config()
+    cfg = schema()
     for key, value in flat.items():
         _set(cfg, key, value, problems, str(path))
     if isinstance(overrides, list):
@@ -154,14 +176,11 @@ def load(path: str | Path | None = None, overrides: list[str] | dict[str, Any] |
     return cfg
 
 
-# Keys holding a local path. load() makes them absolute, so that a path means the same file on the
-# driver, in a trial (Ray runs trials in a folder of their own), in a finalize fold and on a worker node.
-PATH_KEYS = ("data.root", "data.corrections", "faces.cache_dir", "model.pretrained_file", "run.dir",
-             "search.storage_path")
+PATH_KEYS = Config.PATH_KEYS  # the core's; a schema with more sections has more (its PATH_KEYS)
 
 
 def _absolute(cfg: Config) -> None:
-    for key in PATH_KEYS:
+    for key in cfg.PATH_KEYS:
         section, _, name = key.partition(".")
         sub = getattr(cfg, section)
         value = getattr(sub, name)
@@ -175,9 +194,9 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 
 
 def flat(cfg: Config) -> dict[str, Any]:
-    """Flat ``{dotted key: value}`` without the search space."""
+    """Flat ``{dotted key: value}`` without mapping-valued keys (the search space)."""
     d = to_dict(cfg)
-    return {f"{s}.{k}": v for s, sub in d.items() for k, v in sub.items() if k != "space"}
+    return {f"{s}.{k}": v for s, sub in d.items() for k, v in sub.items() if not isinstance(v, dict)}
 
 
 def save(cfg: Config, path: str | Path) -> Path:
@@ -190,7 +209,7 @@ def save(cfg: Config, path: str | Path) -> Path:
     return path
 
 
-def _check_choice(problems: list[str], key: str, value: str, choices: list[str] | tuple[str, ...]) -> None:
+def check_choice(problems: list[str], key: str, value: str, choices: list[str] | tuple[str, ...]) -> None:
     if value not in choices:
         close = difflib.get_close_matches(value, list(choices), n=3, cutoff=0.5)
         hint = f" (closest: {', '.join(close)})" if close else ""
@@ -202,20 +221,16 @@ def value_problems(cfg: Config) -> list[str]:
     from maskclf import faces, tasks, vocab, weights  # none of them imports torch
 
     p: list[str] = []
-    _check_choice(p, "faces.method", cfg.faces.method, list(faces.METHODS))
-    _check_choice(p, "model.task", cfg.model.task, list(tasks.TASKS))
-    _check_choice(p, "model.head", cfg.model.head, list(vocab.HEADS))
-    _check_choice(p, "model.pretrained_source", cfg.model.pretrained_source, list(weights.SOURCES))
-    _check_choice(p, "train.augment", cfg.train.augment, list(vocab.PRESETS))
-    _check_choice(p, "train.augment_on", cfg.train.augment_on, ["auto", "loader", "device"])
-    _check_choice(p, "train.loss", cfg.train.loss, list(vocab.LOSSES))
-    _check_choice(p, "train.sampler", cfg.train.sampler, list(vocab.SAMPLERS))
-    _check_choice(p, "train.optimizer", cfg.train.optimizer, vocab.optimizer_names())
-    _check_choice(p, "train.scheduler", cfg.train.scheduler, list(vocab.SCHEDULERS))
-    _check_choice(p, "search.sampler", cfg.search.sampler, ["tpe", "random"])
-    _check_choice(p, "search.scheduler", cfg.search.scheduler, ["asha", "fifo"])
-    _check_choice(p, "search.stopped_trials", cfg.search.stopped_trials, ["complete", "pruned"])
-    _check_choice(p, "distill.targets", cfg.distill.targets, ["ensemble", "oof"])
+    check_choice(p, "faces.method", cfg.faces.method, list(faces.METHODS))
+    check_choice(p, "model.task", cfg.model.task, list(tasks.TASKS))
+    check_choice(p, "model.head", cfg.model.head, list(vocab.HEADS))
+    check_choice(p, "model.pretrained_source", cfg.model.pretrained_source, list(weights.SOURCES))
+    check_choice(p, "train.augment", cfg.train.augment, list(vocab.PRESETS))
+    check_choice(p, "train.augment_on", cfg.train.augment_on, ["auto", "loader", "device"])
+    check_choice(p, "train.loss", cfg.train.loss, list(vocab.LOSSES))
+    check_choice(p, "train.sampler", cfg.train.sampler, list(vocab.SAMPLERS))
+    check_choice(p, "train.optimizer", cfg.train.optimizer, vocab.optimizer_names())
+    check_choice(p, "train.scheduler", cfg.train.scheduler, list(vocab.SCHEDULERS))
     err = vocab.backbone_problem(cfg.model.backbone)
     if err:
         p.append(f"model.backbone: {err}")
@@ -232,8 +247,6 @@ def value_problems(cfg: Config) -> list[str]:
         "train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
         "train.image_size": cfg.train.image_size, "train.lr": cfg.train.lr,
         "faces.size": cfg.faces.size, "faces.batch_size": cfg.faces.batch_size,
-        "search.num_samples": cfg.search.num_samples, "search.max_concurrent": cfg.search.max_concurrent,
-        "search.cpus_per_trial": cfg.search.cpus_per_trial,
     }
     p += [f"{k} must be > 0, got {v}" for k, v in positive.items() if v <= 0]
     if cfg.folds.n < 2:
@@ -247,29 +260,11 @@ def value_problems(cfg: Config) -> list[str]:
     if not 0 <= cfg.train.freeze_epochs < cfg.train.epochs:
         p.append(f"train.freeze_epochs must be in 0..train.epochs-1 ({cfg.train.epochs - 1}), "
                  f"got {cfg.train.freeze_epochs}")
-    if cfg.search.gpus_per_trial < 0:
-        p.append(f"search.gpus_per_trial must be >= 0, got {cfg.search.gpus_per_trial}")
-    if cfg.search.budget_epochs < 0:
-        p.append(f"search.budget_epochs must be >= 0 (0 = no limit), got {cfg.search.budget_epochs}")
-    if cfg.finalize.epochs < 0:
-        p.append(f"finalize.epochs must be >= 0 (0 = train.epochs), got {cfg.finalize.epochs}")
-    if cfg.search.reduction_factor < 2:
-        p.append(f"search.reduction_factor must be >= 2, got {cfg.search.reduction_factor}")
-    if cfg.search.brackets < 1:
-        p.append(f"search.brackets must be >= 1, got {cfg.search.brackets}")
-    if not 0 < cfg.pseudo.min_precision <= 1:
-        p.append(f"pseudo.min_precision must be in (0, 1], got {cfg.pseudo.min_precision}")
-    if not 0 <= cfg.distill.fold < max(cfg.folds.n, 1):
-        p.append(f"distill.fold must be in 0..{cfg.folds.n - 1}, got {cfg.distill.fold}")
     if cfg.distill.temperature <= 0:
         p.append(f"distill.temperature must be > 0, got {cfg.distill.temperature}")
     if not 0 <= cfg.distill.alpha <= 1:
         p.append(f"distill.alpha must be in [0, 1], got {cfg.distill.alpha}")
-    if not cfg.distill.alias or not cfg.distill.alias.replace("_", "").replace("-", "").isalnum() \
-            or cfg.distill.alias == "champion":
-        p.append(f"distill.alias must be a name of letters, digits, - or _ other than 'champion', "
-                 f"got '{cfg.distill.alias}'")
-    return p
+    return p + cfg.problems()  # the sections a schema above the core's adds
 
 
 # What a config saved beside trained weights drops when it is reloaded: the weights come from the checkpoint, and
@@ -277,10 +272,10 @@ def value_problems(cfg: Config) -> list[str]:
 _TRAINING_FILES = {"model.pretrained": False, "model.pretrained_file": "", "data.corrections": ""}
 
 
-def load_saved(path: str | Path) -> Config:
+def load_saved(path: str | Path, schema: type[Config] = Config) -> Config:
     """The config saved beside a trained model (a checkpoint's, a finalize's ``config.yaml``), without its
     training-only files."""
-    return load(path, dict(_TRAINING_FILES))
+    return load(path, dict(_TRAINING_FILES), schema)
 
 
 def validate(cfg: Config) -> Config:

@@ -1,13 +1,14 @@
 """The configuration reference page (docs/configuration.md), generated from the config's dataclasses.
 
-Every section of :class:`maskclf.config.Config` becomes one table: each key under its dotted override
+Every section of a config class (the core's :class:`maskclf.config.Config`, or one that adds sections to it)
+becomes one table: each key under its dotted override
 name (``train.lr``), its type, its default and its description. The descriptions are the ``#`` comments
 beside each field (or the comment lines just above it) in the module that defines the section's dataclass,
 so a section declared elsewhere (the search layer's own, say) is documented from its own source.
 
-    python -m maskclf.configdoc --write     # regenerate docs/configuration.md
-    python -m maskclf.configdoc --check     # exit 1 if docs/configuration.md is out of date
-    python -m maskclf.configdoc             # print the page
+The page documents the one config users write, the core's sections and the search layer's, so its command is
+the search layer's: ``python -m search.study.settings --write`` (``--check``: exit 1 if the page is out of
+date; neither: print it). ``python -m maskclf.configdoc`` prints the core's sections alone.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 PAGE = ROOT / "docs" / "configuration.md"
-COMMAND = "python -m maskclf.configdoc --write"
+COMMAND = "python -m search.study.settings --write"
 
 
 @dataclasses.dataclass
@@ -115,12 +116,6 @@ def _config_class() -> type:
     return config.Config
 
 
-def _path_keys() -> tuple[str, ...]:
-    from maskclf import config
-
-    return tuple(getattr(config, "PATH_KEYS", ()))
-
-
 def sections(config_cls: type | None = None) -> list[Section]:
     """The sections of the config, in the order of the Config dataclass, each with its keys."""
     config_cls = config_cls or _config_class()
@@ -133,7 +128,10 @@ def sections(config_cls: type | None = None) -> list[Section]:
             continue
         cls = type(sub)
         hints = typing.get_type_hints(cls)
-        notes = _comments_of(cls)
+        notes = {}
+        for base in reversed(cls.__mro__):  # a section that extends another's (distill) has both sets of comments
+            if dataclasses.is_dataclass(base):
+                notes.update(_comments_of(base))
         doc = inspect.getdoc(cls) or ""
         if doc.startswith(f"{cls.__name__}("):  # the docstring dataclass() makes up
             doc = ""
@@ -179,8 +177,9 @@ def _where(cls: type) -> str:
 
 def render(config_cls: type | None = None) -> str:
     """The whole page, as Markdown."""
+    config_cls = config_cls or _config_class()
     secs = sections(config_cls)
-    path_keys = set(_path_keys())
+    path_keys = set(getattr(config_cls, "PATH_KEYS", ()))
     lines = [
         "# Configuration reference",
         "",
@@ -190,7 +189,7 @@ def render(config_cls: type | None = None) -> str:
         "it in the module that defines its section. Regenerate it after changing them:",
         "",
         "```bash",
-        COMMAND + "        # or: python -m maskclf.configdoc > docs/configuration.md",
+        COMMAND,
         "```",
         "",
         "Every command takes `--config PATH` and then `key=value` overrides with these dotted names "
@@ -211,7 +210,9 @@ def render(config_cls: type | None = None) -> str:
         lines += [f"## {s.name}", ""]
         if s.description:
             lines += [s.description, ""]
-        lines += [f"Defined in `{_where(s.cls)}` (`{s.cls.__name__}`).", ""]
+        bases = [b for b in s.cls.__mro__[1:] if dataclasses.is_dataclass(b)]
+        lines += [f"Defined in `{_where(s.cls)}` (`{s.cls.__name__}`)"
+                  + "".join(f", on `{_where(b)}` (`{b.__name__}`)" for b in bases) + ".", ""]
         lines += ["| key | type | default | description |", "|---|---|---|---|"]
         for k in s.keys:
             desc = _cell(k.description)
@@ -222,13 +223,14 @@ def render(config_cls: type | None = None) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m maskclf.configdoc", description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None, root: type | None = None, prog: str = "python -m maskclf.configdoc") -> int:
+    """The page of ``root`` (default: the core's config): printed, written (``--write``) or checked."""
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     g = p.add_mutually_exclusive_group()
     g.add_argument("--write", action="store_true", help=f"write {PAGE.relative_to(ROOT)}")
     g.add_argument("--check", action="store_true", help=f"exit 1 if {PAGE.relative_to(ROOT)} is out of date")
     args = p.parse_args(argv)
-    page = render()
+    page = render(root)
     if args.write:
         PAGE.parent.mkdir(parents=True, exist_ok=True)
         PAGE.write_text(page, encoding="utf-8")

@@ -34,10 +34,10 @@ FoldRunner = Callable[..., dict[int, FoldProbs]]
 
 
 def predict_fold(cfg: Config, ckpt: Path | dict[str, bytes], images, rows: np.ndarray, eval_images=None,
-                 device: str | None = None) -> FoldProbs:
-    """One fold model's probabilities on its validation ``rows`` of the train crops ``images`` (read batch by
-    batch, never copied) and on ``eval_images`` where given. ``ckpt`` is a checkpoint folder, or its files as
-    bytes (:func:`checkpoint_files`) where the folder is on another machine. With ``train.threads`` set, the
+                 device: str | None = None, tta: bool = True) -> FoldProbs:
+    """One fold model's probabilities (with flip TTA where ``tta``) on its validation ``rows`` of the train crops
+    ``images`` (read batch by batch, never copied) and on ``eval_images`` where given. ``ckpt`` is a checkpoint
+    folder, or its files as bytes (:func:`checkpoint_files`) where the folder is on another machine. With ``train.threads`` set, the
     figures are the same bit for bit wherever this runs (a Ray task, the driver); with torch's default they may
     differ in the last digits between processes with different thread counts."""
     import tempfile
@@ -53,7 +53,7 @@ def predict_fold(cfg: Config, ckpt: Path | dict[str, bytes], images, rows: np.nd
                 (Path(tmp) / name).write_bytes(data)
             ckpt = Path(tmp)
         net, ck_cfg = engine.load_model(ckpt, device)
-    kw = {"tta": cfg.finalize.tta, "batch_size": cfg.train.batch_size * 2, "device": device}
+    kw = {"tta": tta, "batch_size": cfg.train.batch_size * 2, "device": device}
     threads = torch.get_num_threads()
     if cfg.train.threads > 0:  # as the fold trained: the same figures in any process with the same setting
         torch.set_num_threads(cfg.train.threads)
@@ -77,28 +77,29 @@ def predicted_line(k: int, rows, eval_images, done: int, of: int) -> str:
 
 
 def predict_here(cfg: Config, ckpts: dict[int, Path], images, rows: dict[int, np.ndarray], eval_images,
-                 log: Callable[[str], None]) -> dict[int, FoldProbs]:
+                 log: Callable[[str], None], tta: bool = True) -> dict[int, FoldProbs]:
     """:func:`predict_fold` for every fold, in this process."""
     out = {}
     for i, k in enumerate(sorted(ckpts)):
-        out[k] = predict_fold(cfg, ckpts[k], images, rows[k], eval_images)
+        out[k] = predict_fold(cfg, ckpts[k], images, rows[k], eval_images, tta=tta)
         log(predicted_line(k, rows[k], eval_images, i + 1, len(ckpts)))
     return out
 
 
-def fold_results(cfg: Config, prep, ckpts: dict[int, Path], *, run_folds: FoldRunner | None = None,
-                 log: Callable[[str], None] = lambda s: None) -> dict[int, dict]:
+def fold_results(cfg: Config, prep, ckpts: dict[int, Path], *, tta: bool = True,
+                 run_folds: FoldRunner | None = None, log: Callable[[str], None] = lambda s: None) -> dict[int, dict]:
     """Each fold model's validation probabilities (``probs``), eval probabilities (``eval_probs``, where ``prep``
-    holds eval crops), training ``history``, val macro F1 (``f1``), ``ckpt``. ``run_folds`` runs the
-    predictions (default :func:`predict_here`); the results are the same wherever they run."""
+    holds eval crops), training ``history``, val macro F1 (``f1``), ``ckpt``; with flip TTA where ``tta``.
+    ``run_folds`` runs the predictions (default :func:`predict_here`); the results are the same wherever they
+    run."""
     from maskclf import engine, folds, metrics
 
     rows = {k: folds.split(prep.train, k, cfg.folds.n, cfg.folds.seed)[1] for k in ckpts}
     eval_images = prep.eval_crops.images if prep.eval_crops is not None else None
     log(f"predicting with {len(ckpts)} fold models: {sum(map(len, rows.values()))} out-of-fold images"
         + (f", {len(eval_images)} eval images" if eval_images is not None else "")
-        + f" (flip TTA {'on' if cfg.finalize.tta else 'off'})")
-    got = (run_folds or predict_here)(cfg, ckpts, prep.train_crops.images, rows, eval_images, log)
+        + f" (flip TTA {'on' if tta else 'off'})")
+    got = (run_folds or predict_here)(cfg, ckpts, prep.train_crops.images, rows, eval_images, log, tta)
     results = {}
     for k in sorted(ckpts):
         probs, ev = got[k]
@@ -107,13 +108,15 @@ def fold_results(cfg: Config, prep, ckpts: dict[int, Path], *, run_folds: FoldRu
     return results
 
 
-def build(cfg: Config, prep, results: dict[int, dict], out: Path, log: Callable[[str], None] = print) -> dict:
-    """Score the folds of ``results`` (from :func:`fold_results`) and write the ensemble's files to ``out``
-    (:func:`output_files`); returns the scores (what metrics.json holds, less how the folds were trained)."""
+def build(cfg: Config, prep, results: dict[int, dict], out: Path, log: Callable[[str], None] = print,
+          tta: bool = True) -> dict:
+    """Score the folds of ``results`` (from :func:`fold_results`, with flip TTA where ``tta``) and write the
+    ensemble's files to ``out`` (:func:`output_files`); returns the scores (what metrics.json holds, less how the
+    folds were trained)."""
     from maskclf import predict, tasks
 
     table, labels, probs, rows = _oof(cfg, prep, results)
-    m = _scores(cfg, results, labels, probs)
+    m = _scores(cfg, results, labels, probs, tta)
     m.update(_evaluate(cfg, prep, results, out, log))
     table.to_csv(out / "oof.csv", index=False)
     predict.save_confusion(labels, probs.argmax(1), out / "confusion_matrix.png",
@@ -159,7 +162,7 @@ def _evaluate(cfg: Config, prep, results: dict[int, dict], out: Path, log: Calla
             "eval_f1_fold_mean": float(np.mean(folds_f1))}
 
 
-def _scores(cfg: Config, results: dict[int, dict], labels: np.ndarray, probs: np.ndarray) -> dict:
+def _scores(cfg: Config, results: dict[int, dict], labels: np.ndarray, probs: np.ndarray, tta: bool) -> dict:
     from maskclf import metrics, tasks
 
     ks, task = sorted(results), cfg.model.task
@@ -172,7 +175,7 @@ def _scores(cfg: Config, results: dict[int, dict], labels: np.ndarray, probs: np
             **({"task_f1": task_f1(labels, probs)} if task == "all" else {}),
             "folds": ks, "fold_f1": [results[k]["f1"] for k in ks],
             "per_class_f1": dict(zip(names, per_class)),
-            "tta": cfg.finalize.tta, "epochs": cfg.train.epochs, "images": int(len(labels))}
+            "tta": tta, "epochs": cfg.train.epochs, "images": int(len(labels))}
 
 
 def task_f1(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:

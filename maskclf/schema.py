@@ -1,11 +1,14 @@
-"""The config's schema: one dataclass per section, each field with its default and what it means.
+"""The core's config schema: one dataclass per section the core runs on (data, faces, folds, model, train, run,
+and the distillation loss's own settings), each field with its default and what it means.
 
-``maskclf.config`` loads, overrides, validates and saves these; the names are re-exported there.
+``maskclf.config`` loads, overrides, validates and saves these. The search layer composes its own sections
+(search, tracking, finalize, pseudo, the rest of distill) onto this one config: ``search/study/settings.py``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass
@@ -91,70 +94,12 @@ class RunConfig:
 
 
 @dataclass
-class SearchConfig:
-    num_samples: int = 12  # trials in the study
-    max_concurrent: int = 2  # trials running at once (TPE learns more from fewer in flight)
-    grace_period: int = 1  # ASHA: epochs before a trial may be stopped
-    reduction_factor: int = 2  # ASHA: keep 1/reduction_factor at each rung
-    brackets: int = 1  # ASHA brackets: > 1 is asynchronous Hyperband (brackets with later first rungs)
-    # how a trial stopped by ASHA reaches Optuna: complete (its last value, as Ray's OptunaSearch does) or
-    # pruned (Optuna's own state: TPE ranks it below every trial that trained longer)
-    stopped_trials: str = "complete"
-    seed: int = 0  # seeds the sampler (TPE or random)
-    n_startup_trials: int = 4  # random trials before TPE models the history
-    sampler: str = "tpe"  # tpe | random (Optuna's seeded RandomSampler): the baseline a search must beat
-    scheduler: str = "asha"  # asha | fifo (no early stopping: every trial trains train.epochs)
-    budget_epochs: int = 0  # stop the study once its trials trained this many epochs in all (0 = no limit)
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0  # fractions allowed (0.5 = two trials per GPU)
-    max_failures: int = 1  # retries of a crashed trial, resumed from its last checkpoint
-    # MLflow writes on a thread of their own, batched per trial: Tune's loop, which every trial's
-    # report waits on, never waits on the tracking store (false: written inside Tune's loop)
-    log_in_background: bool = True
-    # a finished trial's process runs the next trial: no process start, imports or CUDA set-up per trial;
-    # off by default, so that each trial starts with its own fresh memory and CUDA state
-    reuse_actors: bool = False
-    address: str = ""  # Ray cluster address; "" = RAY_ADDRESS, else a Ray `ray start` runs on this node, else a private one; "local" = always a private one
-    storage_path: str = ""  # Tune results; must be shared storage on a multi-node cluster
-    # a new study starts from the finished trials of these studies (comma list: names in run.dir, or study
-    # folders' paths) that are points of its space, instead of random start-up trials
-    warm_start: str = ""
-    space: dict = field(default_factory=dict)  # dotted config key -> distribution
-
-
-@dataclass
-class TrackingConfig:
-    uri: str = ""  # MLflow tracking URI; "" = MLFLOW_TRACKING_URI or sqlite:///<run.dir>/mlflow.db
-    optuna_storage: str = ""  # the Optuna studies' database (SQLAlchemy URL); "" = sqlite:///<run.dir>/optuna.db
-
-
-@dataclass
-class FinalizeConfig:
-    tta: bool = True  # average with horizontally flipped crops
-    folds: str = "all"  # "all" or a comma list such as "0,1"
-    epochs: int = 0  # epochs of each fold model; 0 = train.epochs (the search's per-trial budget)
-
-
-@dataclass
-class PseudoConfig:
-    # a finalize with pseudo-labels: the eval images the ensemble of finalize ``source`` is confident about, with
-    # its labels, join every fold's training set (never a validation fold)
-    enabled: bool = False
-    source: str = "final"  # the finished finalize (a folder of the study) whose ensemble labels the eval images
-    # the confidence threshold is the lowest whose out-of-fold predictions at or above it are this precise
-    min_precision: float = 0.95
-
-
-@dataclass
 class DistillConfig:
-    source: str = ""  # the finished finalize whose ensemble teaches ("" = the study's newest)
-    fold: int = 0  # the student's validation fold: it trains on the others (and any pseudo-labelled images)
-    # the soft targets of the training images: ensemble (the soft vote of every fold model) | oof (the one fold
-    # model that did not train on the image)
-    targets: str = "ensemble"
+    """The distillation loss's own settings (engine.fit trains on soft targets with them); the search layer adds
+    which ensemble teaches and where the student goes."""
+
     temperature: float = 2.0  # softens the ensemble's probabilities (and the student's) in the soft loss
     alpha: float = 0.7  # weight of the soft loss; 1 - alpha on the hard labels (train.loss)
-    alias: str = "fast"  # the student's alias under the study's registered model
 
 
 @dataclass
@@ -165,8 +110,14 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    finalize: FinalizeConfig = field(default_factory=FinalizeConfig)
-    pseudo: PseudoConfig = field(default_factory=PseudoConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+    # Keys holding a local path: load() makes them absolute, so that a path means the same file on the driver, in
+    # a trial (Ray runs trials in a folder of their own), in a finalize fold and on a worker node. A config with
+    # more sections adds its own.
+    PATH_KEYS: ClassVar[tuple[str, ...]] = ("data.root", "data.corrections", "faces.cache_dir",
+                                            "model.pretrained_file", "run.dir")
+
+    def problems(self) -> list[str]:
+        """Invalid values in the sections a config with more sections adds (maskclf.config checks these)."""
+        return []

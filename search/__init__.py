@@ -40,3 +40,18 @@ class _Moved(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 if not any(isinstance(f, _Moved) for f in sys.meta_path):
     sys.meta_path.append(_Moved())
+
+# The config sections this layer declares were once the core's (maskclf.schema.SearchConfig, ...), and a saved Tune
+# experiment pickled them under those names: the core's schema module finds them here when such a pickle asks.
+MOVED_CLASSES = {"maskclf.schema": ("search.study.settings", ("SearchConfig", "TrackingConfig", "FinalizeConfig",
+                                                              "PseudoConfig"))}
+
+
+def _schema_getattr(name: str):
+    new, names = MOVED_CLASSES["maskclf.schema"]
+    if name in names:
+        return getattr(importlib.import_module(new), name)
+    raise AttributeError(f"module 'maskclf.schema' has no attribute '{name}'")
+
+
+importlib.import_module("maskclf.schema").__getattr__ = _schema_getattr

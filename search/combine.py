@@ -28,6 +28,7 @@ from maskclf import tasks
 from maskclf.config import Config
 from maskclf.errors import InputError, cli
 from maskclf.labels import AGE_NAMES, encode
+from search.study import settings
 
 EXPERIMENT = "combined"  # the MLflow experiment of every combination, and its registered model's name
 # settings that must agree between the three studies for their rows to be the same images with the same truth
@@ -102,7 +103,7 @@ def _saved(path: Path) -> Config:
     import yaml
 
     tree = yaml.safe_load(path.read_text()) or {}
-    return config_mod.apply(Config(), {f"{s}.{k}": v for s, sub in tree.items() for k, v in sub.items()},
+    return config_mod.apply(settings.StudyConfig(), {f"{s}.{k}": v for s, sub in tree.items() for k, v in sub.items()},
                             where=str(path))
 
 
@@ -268,7 +269,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     specs, overrides = split_args(args.items)
-    cfg = config_mod.load(args.config, overrides)
+    cfg = settings.load(args.config, overrides)
     run(cfg, specs, log=lambda s: print(s, flush=True))
     return 0
 

@@ -28,6 +28,7 @@ from maskclf.config import Config
 from maskclf.errors import InputError, cli
 from search.cluster.experiment import epochs_done, study_dir
 from search.cluster.folds import train_folds
+from search.study import settings
 from search.study.outputs import DONE_FILE, finished, output_dir, write_json
 from search.tracking import Tracker, trial_params, tracking_uri
 
@@ -39,10 +40,10 @@ def student_config(cfg: Config, overrides: list[str]) -> tuple[Config, Path]:
     if source is None:
         raise InputError(f"distill.source: {why}")
     name = source.name if source.parent == study_dir(cfg) else str(source)
-    student = config_mod.load(source / "config.yaml", [*overrides, f"distill.source={name}"])
+    student = settings.load(source / "config.yaml", [*overrides, f"distill.source={name}"])
     student = config_mod.apply(student, {"folds.fold": student.distill.fold, "finalize.tta": False,
                                          "finalize.folds": str(student.distill.fold), "pseudo.enabled": False})
-    teacher = config_mod.load_saved(source / "config.yaml")
+    teacher = settings.load_saved(source / "config.yaml")
     differ = [k for k in ("model.task", "data.root", "folds.n", "folds.seed", "faces.method", "faces.size",
                           "faces.margin") if config_mod.flat(student)[k] != config_mod.flat(teacher)[k]]
     if differ:
@@ -234,7 +235,7 @@ def _parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    cfg, _ = student_config(config_mod.load(args.config, args.overrides), args.overrides)
+    cfg, _ = student_config(settings.load(args.config, args.overrides), args.overrides)
     run(cfg, log=lambda s: print(s, flush=True))
     return 0
 

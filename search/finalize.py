@@ -25,15 +25,16 @@ from maskclf.config import Config
 from maskclf.errors import InputError, cli
 from search.cluster.experiment import epochs_done, study_dir
 from search.cluster.folds import train_folds
+from search.study import settings
 from search.study.outputs import DONE_FILE, finished, output_dir, write_json
 from search.tracking import Tracker, trial_params, tracking_uri
 
 def load_best(config_path: str | Path | None, best: str | Path | None, overrides: list[str]) -> Config:
     """The best config of the study (``--best`` or ``<run.dir>/<study>/best_config.yaml``) with ``overrides``."""
-    path = Path(best) if best else study_dir(config_mod.load(config_path, overrides)) / "best_config.yaml"
+    path = Path(best) if best else study_dir(settings.load(config_path, overrides)) / "best_config.yaml"
     if not path.is_file():
         raise InputError(f"no best config at {path}: run `python -m search.tune` first or pass --best PATH")
-    return final_epochs(config_mod.load(path, overrides))
+    return final_epochs(settings.load(path, overrides))
 
 
 def final_epochs(cfg: Config) -> Config:
@@ -123,13 +124,14 @@ def _finalize(cfg: Config, ks: list[int], tracker: Tracker, log: Callable[[str],
             tracker.log_artifact(parent, out / "pseudo_labels.csv")
             tracker.log_metrics(parent, {"pseudo_images": pseudo["taken"]})
         ckpts, notes = train_folds(cfg, prep, ks, out, tracker, parent, log)
-        results = ensemble.fold_results(cfg, prep, ckpts, run_folds=predictions.runner(cfg, log), log=log)
+        results = ensemble.fold_results(cfg, prep, ckpts, tta=cfg.finalize.tta, run_folds=predictions.runner(cfg, log),
+                                        log=log)
         for i, k in enumerate(ks):
             note, node = notes[k]
             results[k].update(note=note, node=node)
             log(f"fold {k}: {note}; val macro F1 {results[k]['f1']:.4f} ({i + 1}/{len(ks)} folds)")
             _log_fold(tracker, parent, cfg, k, results[k])
-        m = ensemble.build(cfg, prep, results, out, log)
+        m = ensemble.build(cfg, prep, results, out, log, tta=cfg.finalize.tta)
         m["trained_folds"] = [k for k in ks if "not retrained" not in notes[k][0]]
         m["fold_nodes"] = {str(k): notes[k][1] for k in ks if notes[k][1]}
         if pseudo is not None:
@@ -165,7 +167,7 @@ def _pseudo_labels(cfg: Config, prep, log: Callable[[str], None]) -> tuple[Any, 
     source, why = finished(study_dir(cfg), cfg.pseudo.source)
     if source is None:
         raise InputError(f"pseudo.source: {why}")
-    saved = config_mod.load_saved(source / "config.yaml")
+    saved = settings.load_saved(source / "config.yaml")
     differ = [k for k in ("model.task", "data.root", "folds.n", "folds.seed")
               if config_mod.flat(saved)[k] != config_mod.flat(cfg)[k]]
     if differ:

@@ -23,6 +23,7 @@ from search.study import optuna_study
 from search.study import space as space_mod
 from search import study as study_mod
 from search.cluster.experiment import METRIC, MODE, epoch_budget, study_dir
+from search.study import settings
 from search.tracking import Tracker, tracking_uri
 
 def _search_args(cfg: Config, part: str, record: dict | None = None) -> dict:
@@ -207,7 +208,7 @@ def _parser() -> argparse.ArgumentParser:
 @cli
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    cfg = config_mod.load(args.config, args.overrides)
+    cfg = settings.load(args.config, args.overrides)
     run(cfg, log=lambda s: print(s, flush=True))
     return 0
 

@@ -18,6 +18,7 @@ from PIL import Image
 
 from maskclf import config
 from maskclf.labels import STEM_TO_MASK
+from search.study import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "conf" / "smoke.yaml"
@@ -90,7 +91,7 @@ def smoke_data(tmp_path_factory) -> Path:
     from maskclf import demo
 
     def build(home: Path) -> None:
-        cfg = config.load(SMOKE)
+        cfg = settings.load(SMOKE)
         demo.generate(home / "data", cfg.data.demo_people, cfg.data.demo_eval_people, cfg.data.demo_seed,
                       progress=False)
 
@@ -170,7 +171,7 @@ def copy_run_dir(src: Path, dst: Path) -> Path:
 @pytest.fixture
 def smoke_cfg(smoke_data: Path, tmp_path: Path) -> config.Config:
     """The real smoke config pointed at the session's dataset and a fresh run dir."""
-    return config.load(SMOKE, {"data.root": str(smoke_data), "run.dir": str(tmp_path / "runs"),
+    return settings.load(SMOKE, {"data.root": str(smoke_data), "run.dir": str(tmp_path / "runs"),
                                "faces.cache_dir": str(smoke_data.parent / "cache")})
 
 

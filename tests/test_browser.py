@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from maskclf import config
+from search.study import settings
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import SMOKE, copy_run_dir, free_port, start_mlflow_server
 
@@ -29,7 +29,7 @@ if CHROMIUM is None and not os.environ.get("CI"):
 def finished(smoke_final, tmp_path):
     """A copy of the run's shared smoke study: a search of 2 trials and a five-fold finalize of its best."""
     run_dir = copy_run_dir(smoke_final.run_dir, tmp_path / "runs")
-    return config.load(SMOKE, [*smoke_final.overrides, f"run.dir={run_dir}"])
+    return settings.load(SMOKE, [*smoke_final.overrides, f"run.dir={run_dir}"])
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from maskclf.errors import InputError
 from search import finalize
 from search.cluster import experiment
 from search import tune as tune_mod
+from search.study import settings
 from tests.conftest import SMOKE
 
 
@@ -64,7 +65,7 @@ def _without_cache(cache: Path):
 
 
 def test_search_refuses_a_local_storage_path_on_a_multi_node_cluster(cluster, cluster_run, capsys):
-    cfg = config.load(SMOKE, {**cluster_run, "search.storage_path": "", "run.study": "refused"})
+    cfg = settings.load(SMOKE, {**cluster_run, "search.storage_path": "", "run.study": "refused"})
     with pytest.raises(InputError) as e:
         tune_mod.run(cfg)
     assert "3 nodes" in str(e.value) and "search.storage_path" in str(e.value) and "s3://" in str(e.value)
@@ -77,7 +78,7 @@ def test_search_refuses_a_local_storage_path_on_a_multi_node_cluster(cluster, cl
 
 
 def test_search_on_three_nodes_spreads_trials_and_never_reads_the_crop_cache(cluster, cluster_run):
-    cfg = config.load(SMOKE, cluster_run)
+    cfg = settings.load(SMOKE, cluster_run)
     cache = Path(cluster_run["faces.cache_dir"])
     table = tune_mod.run(cfg, trainable=_without_cache(cache), log=lambda s: None)
     assert not cache.exists()  # the trials deleted it before training, and trained
@@ -109,7 +110,7 @@ def test_face_crops_on_three_nodes_run_on_every_worker_and_give_the_crops_of_one
     here = crop_cache.build_crop_cache(photos, tmp_path / "here", shard_size=4, progress=False, log=lambda s: None)
     nodes, lines = tmp_path / "nodes", []
     nodes.mkdir()
-    run = crops.runner(config.load(SMOKE, {"run.dir": str(tmp_path / "runs")}), lines.append)
+    run = crops.runner(settings.load(SMOKE, {"run.dir": str(tmp_path / "runs")}), lines.append)
     spread = crop_cache.build_crop_cache(photos, tmp_path / "cluster", shard_size=4, progress=False, log=lines.append,
                                          run_shards=lambda fn, jobs: run(_noting_node(fn, nodes), jobs))
     assert any(line.startswith("face crops: shards as Ray tasks on 2 CPUs") for line in lines), lines

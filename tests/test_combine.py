@@ -18,8 +18,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from maskclf import config, data, labels, metrics, tasks
+from maskclf import data, labels, metrics, tasks
 from search import combine
+from search.study import settings
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import SMOKE, copy_run_dir
 
@@ -33,7 +34,7 @@ def studies(tasks_quick, tmp_path_factory):
     age=age`` of the three, as that benchmark runs it."""
     run_dir = copy_run_dir(tasks_quick.run_dir, tmp_path_factory.mktemp("tasks") / "runs")
     overrides = [*(o for o in tasks_quick.overrides if not o.startswith("run.dir=")), f"run.dir={run_dir}"]
-    base = config.load(SMOKE, overrides)
+    base = settings.load(SMOKE, overrides)
     table = pd.read_csv(run_dir / "age" / "trials.csv")
     finals = {task: json.loads((run_dir / task / "final" / "metrics.json").read_text())
               for task in ("mask", "gender", "age")}
@@ -50,7 +51,7 @@ def _combine(studies, *items: str) -> subprocess.CompletedProcess:
 def test_an_age_study_searches_and_finalizes_its_own_task(studies):
     run_dir = studies.run_dir
     assert len(studies.table) == 1 and studies.table["best_val_f1"].between(0, 1).all()
-    best = config.load(run_dir / "age" / "best_config.yaml")
+    best = settings.load(run_dir / "age" / "best_config.yaml")
     assert best.model.task == "age"
     tracker = Tracker(tracking_uri(studies.cfg), "age")
     names = sorted(r.info.run_name for r in tracker.find("trial"))

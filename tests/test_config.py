@@ -6,6 +6,7 @@ import pytest
 
 from maskclf import config
 from maskclf.errors import InputError
+from search.study import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -14,10 +15,23 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.name)
 def test_every_config_file_loads(path):
-    cfg = config.load(path)
+    cfg = settings.load(path)
     assert cfg.train.epochs > 0
     for key in cfg.search.space:
-        assert key in config.keys(), f"{path.name}: search space key {key} is not a config key"
+        assert key in config.keys(cfg), f"{path.name}: search space key {key} is not a config key"
+    core = config.load(path)  # the core's own commands read the same files: the search's sections are left out
+    assert type(core) is config.Config and not hasattr(core, "search") and core.train == cfg.train
+
+
+def test_the_core_leaves_the_search_sections_to_the_search_layer_but_not_a_typo_of_its_own():
+    cfg = config.load(CONF / "smoke.yaml", ["search.num_samples=3", "tracking.uri=x"])
+    assert not hasattr(cfg, "search") and cfg.distill.temperature == 2.0
+    with pytest.raises(InputError) as e:
+        config.load(CONF / "smoke.yaml", ["trian.lr=1", "model.pretrained=maybe"])
+    assert e.value.problems == ["unknown key 'trian.lr' (did you mean train.lr?) in command line",
+                                "model.pretrained must be true or false, got 'maybe' in command line"]
+    with pytest.raises(InputError, match=r"unknown key 'serch.num_samples' \(did you mean search.num_samples\?\)"):
+        settings.load(CONF / "smoke.yaml", ["serch.num_samples=3"])
 
 
 def test_overrides_are_typed():
@@ -30,7 +44,7 @@ def test_overrides_are_typed():
 
 def test_every_bad_key_and_value_reported_at_once():
     with pytest.raises(InputError) as e:
-        config.load(CONF / "smoke.yaml", ["train.lrr=1", "train.epochs=two", "model.backbone=resnet1800",
+        settings.load(CONF / "smoke.yaml", ["train.lrr=1", "train.epochs=two", "model.backbone=resnet1800",
                                           "train.optimizer=adamx", "nosection.x=1", "train.pretrained=true"])
     msg = e.value.message()
     assert "unknown key 'train.lrr'" in msg and "did you mean train.lr" in msg
@@ -41,11 +55,12 @@ def test_every_bad_key_and_value_reported_at_once():
 
 def test_search_settings_are_checked_together():
     with pytest.raises(InputError) as e:
-        config.load(CONF / "smoke.yaml", ["search.stopped_trials=killed", "search.brackets=0"])
+        settings.load(CONF / "smoke.yaml", ["search.stopped_trials=killed", "search.brackets=0", "train.lr=-1"])
     msg = e.value.message()
     assert "search.stopped_trials" in msg and "complete" in msg and "pruned" in msg
     assert "search.brackets must be >= 1, got 0" in msg
-    cfg = config.load(CONF / "smoke.yaml", ["search.stopped_trials=pruned", "search.brackets=3"])
+    assert "train.lr must be > 0, got -1" in msg  # the core's checks and the search layer's, in one message
+    cfg = settings.load(CONF / "smoke.yaml", ["search.stopped_trials=pruned", "search.brackets=3"])
     assert (cfg.search.stopped_trials, cfg.search.brackets) == ("pruned", 3)
 
 
@@ -66,9 +81,11 @@ def test_unknown_key_in_yaml_names_file(tmp_path):
 
 
 def test_save_and_load_roundtrip(tmp_path):
-    cfg = config.load(CONF / "search.yaml", ["train.lr=0.05", "data.age_old=58"])
-    again = config.load(config.save(cfg, tmp_path / "c.yaml"))
-    assert again == cfg
+    cfg = settings.load(CONF / "search.yaml", ["train.lr=0.05", "data.age_old=58", "search.storage_path=tune"])
+    again = settings.load(config.save(cfg, tmp_path / "c.yaml"))
+    assert again == cfg and again.search.storage_path == str(Path("tune").absolute())
+    core = config.load(CONF / "search.yaml", ["train.lr=0.05"])
+    assert config.load(config.save(core, tmp_path / "core.yaml")) == core
 
 
 def test_apply_dotted_values_copies():
@@ -103,9 +120,9 @@ def test_checking_a_config_imports_neither_torch_nor_timm_nor_albumentations(tmp
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     vocab.timm_names()  # the first check on a machine writes timm's names (this process has timm loaded anyway)
-    code = ("import sys; from maskclf import config\n"
+    code = ("import sys; from maskclf import config; from search.study import settings\n"
             "for path in sys.argv[1:]:\n"
-            "    assert config.value_problems(config.load(path)) == [], path\n"
+            "    assert config.value_problems(settings.load(path)) == [], path\n"
             "bad = [m for m in ('torch', 'timm', 'albumentations', 'sklearn') if m in sys.modules]; "
             "print(bad); sys.exit(bool(bad))")
     confs = [str(ROOT / "conf" / name) for name in ("smoke.yaml", "search.yaml")]

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from maskclf import config, crop_cache
+from maskclf import crop_cache
 from search.cluster import crops
+from search.study import settings
 from tests.conftest import ROOT, SMOKE
 
 PHOTO = ROOT / "tests" / "data" / "astronaut.jpg"
@@ -29,7 +30,7 @@ def test_shards_as_ray_tasks_give_the_crops_of_one_process(ray_local, smoke_data
     photos = _photos(smoke_data, 40)
     here = crop_cache.build_crop_cache(photos, tmp_path / "here", shard_size=8, progress=False, log=lambda s: None)
     lines: list[str] = []
-    cfg = config.load(SMOKE, [f"run.dir={tmp_path / 'runs'}"])
+    cfg = settings.load(SMOKE, [f"run.dir={tmp_path / 'runs'}"])
     on_ray = crop_cache.build_crop_cache(photos, tmp_path / "ray", shard_size=8, progress=False, log=lines.append,
                                     run_shards=crops.runner(cfg, lines.append))
     assert any(line.startswith("face crops: shards as Ray tasks on 2 CPUs") for line in lines), lines

@@ -22,6 +22,7 @@ from maskclf import config, data, dataset, metrics, pseudo
 from maskclf.dataset import Prepared
 from maskclf.engine import Samples
 from search import distill, finalize
+from search.study import settings
 from search.tracking import KIND_TAG, Tracker, tracking_uri
 from tests.conftest import ROOT, SMOKE, copy_run_dir
 
@@ -37,7 +38,7 @@ def test_eval_images_join_every_training_set_and_never_a_validation_fold(smoke_d
     crops = faces.FaceCrops(np.arange(n)[:, None], np.zeros((n, 4)), np.ones(n, bool), train["path"].tolist())
     extra = Samples(np.full((5, 1), -1), np.arange(5), np.full((5, 18), 1 / 18, np.float32))
     prep = Prepared(train, crops, extra=extra, soft=np.full((n, 18), 0.5 / 18, np.float32))
-    cfg = config.load(SMOKE)
+    cfg = settings.load(SMOKE)
     for k in range(cfg.folds.n):
         tr, va = prep.fold(cfg, k)
         assert (tr.images[-5:] == -1).all() and (tr.labels[-5:] == np.arange(5)).all()
@@ -66,7 +67,7 @@ def test_the_threshold_is_the_lowest_whose_out_of_fold_predictions_are_precise_e
 @pytest.mark.integration
 def test_distill_settings_are_checked_and_a_study_without_finalize_is_one_line_exit_2(tmp_path):
     with pytest.raises(Exception, match="distill.alpha must be in"):
-        config.load(SMOKE, {"distill.alpha": 1.5, "distill.alias": "champion"})
+        settings.load(SMOKE, {"distill.alpha": 1.5, "distill.alias": "champion"})
     r = subprocess.run([sys.executable, "-m", "search.distill", "--config", str(SMOKE), f"run.dir={tmp_path}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
@@ -118,7 +119,7 @@ def test_a_pseudo_label_finalize_takes_the_confident_eval_images_into_training_o
 
 @pytest.mark.integration
 def test_the_student_learns_from_the_ensemble_scores_beside_it_and_serves_from_the_registry(teacher):
-    cfg, source = distill.student_config(config.load(SMOKE, teacher.overrides), teacher.overrides)
+    cfg, source = distill.student_config(settings.load(SMOKE, teacher.overrides), teacher.overrides)
     assert source.name == "final-2" and cfg.finalize.tta is False  # the newest finished finalize
     m = distill.run(cfg, log=print)
     out = teacher.study / "distill"
@@ -171,7 +172,7 @@ def test_a_finished_distillation_is_never_overwritten_and_an_interrupted_one_con
     first = teacher.study / "distill" / "metrics.json"
     before = first.stat().st_mtime_ns
     over = [*teacher.overrides, "distill.temperature=4", "distill.targets=oof"]
-    cfg, _ = distill.student_config(config.load(SMOKE, over), over)
+    cfg, _ = distill.student_config(settings.load(SMOKE, over), over)
     m = distill.run(cfg, log=print)
     second = teacher.study / "distill-2"
     assert first.stat().st_mtime_ns == before and (second / "metrics.json").is_file()

@@ -93,20 +93,24 @@ def broken_links(path: Path, root: Path = ROOT) -> list[str]:
 
 def test_configuration_page_is_generated_from_the_schema():
     from maskclf import configdoc
+    from search.study.settings import StudyConfig
 
     page = ROOT / "docs" / "configuration.md"
-    assert page.is_file(), "docs/configuration.md is missing: run python -m maskclf.configdoc --write"
-    assert page.read_text(encoding="utf-8") == configdoc.render(), (
+    assert page.is_file(), "docs/configuration.md is missing: run python -m search.study.settings --write"
+    assert page.read_text(encoding="utf-8") == configdoc.render(StudyConfig), (
         "docs/configuration.md is out of date with the config's dataclasses: "
-        "run python -m maskclf.configdoc --write")
+        "run python -m search.study.settings --write")
 
 
-def test_configuration_page_lists_every_key_with_its_comment():
+def test_configuration_page_lists_every_key_of_both_layers_with_its_comment():
     from maskclf import config, configdoc
+    from search.study.settings import StudyConfig
 
-    page = configdoc.render()
-    for key in config.keys():
+    page = configdoc.render(StudyConfig)
+    for key in config.keys(StudyConfig()):
         assert f"| `{key}` |" in page, key
+    assert "| `search.num_samples` | int | `12` | trials in the study |" in page  # declared by the search layer
+    assert "| `distill.temperature` | float | `2.0` |" in page and "| `distill.alias` | str | `fast` |" in page
     assert "| `train.lr` | float | `0.001` | the head's; the backbone's is lr * backbone_lr_scale |" in page
     # a comment on the lines above a field describes it too
     assert "where pretrained: true gets ImageNet weights: hub" in page

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from maskclf import config
 from search.cluster import experiment
+from search.study import settings
 from tests.conftest import SMOKE
 
 
@@ -39,7 +39,7 @@ def _recorder():
 def test_restore_runs_the_errored_trial_with_this_runs_callbacks_and_stopper(ray_local, tmp_path):
     from ray import tune
 
-    cfg = config.load(SMOKE, {"run.dir": str(tmp_path / "runs"), "search.max_failures": 0})
+    cfg = settings.load(SMOKE, {"run.dir": str(tmp_path / "runs"), "search.max_failures": 0})
     marker = tmp_path / "fail-once"
     marker.write_text("")
     fn = tune.with_parameters(_steps, marker=str(marker))
@@ -87,7 +87,7 @@ def _checkpointed(params: dict, *, marker: str) -> None:
 def test_a_trial_whose_snapshot_names_a_deleted_checkpoint_resumes_from_the_one_kept(ray_local, tmp_path):
     from ray import tune
 
-    cfg = config.load(SMOKE, {"run.dir": str(tmp_path / "runs"), "search.max_failures": 0})
+    cfg = settings.load(SMOKE, {"run.dir": str(tmp_path / "runs"), "search.max_failures": 0})
     marker = str(tmp_path / "fail-")
     for x in (2, 3):
         Path(f"{marker}{x}").write_text("")

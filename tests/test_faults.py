@@ -19,6 +19,7 @@ from maskclf import config
 from search import cluster
 from search.cluster import experiment
 from search import tune as tune_mod
+from search.study import settings
 from search.tracking import Tracker
 from tests.faults import ROOT, SMOKE, _args, _steps, _tracker
 
@@ -101,7 +102,7 @@ def test_trials_that_cannot_work_end_as_errors_and_the_search_goes_on(ray_local,
     tracker = _tracker(cfg)
     failed = [r for r in tracker.find("trial") if r.info.status == "FAILED"]
     assert len(failed) == len(errors) and all("loss is nan" in r.data.tags["error"] for r in failed)
-    assert config.load(Path(cfg.run.dir) / "doomed" / "best_config.yaml").train.lr == 1e-2
+    assert settings.load(Path(cfg.run.dir) / "doomed" / "best_config.yaml").train.lr == 1e-2
 
 
 @pytest.mark.integration

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from maskclf import config
+from search.study import settings
 from tests.conftest import free_port, start_mlflow_server
 from tests.faults import ROOT, SMOKE, _args, _check_optuna_matches, _kill_when, _start, _steps, _tracker
 
@@ -28,7 +28,7 @@ def test_driver_killed_mid_search_resumes_without_losing_or_repeating_work(smoke
     # finish while the second driver is still starting, and it would find no lock to be refused by
     args = _args(smoke_cfg, "killed", "search.num_samples=3", "search.max_concurrent=1", "train.epochs=6",
                  "search.grace_period=6", "search.reuse_actors=false")
-    cfg = config.load(SMOKE, args)
+    cfg = settings.load(SMOKE, args)
 
     def one_done_and_next_started():
         runs = _tracker(cfg).find("trial")
@@ -80,7 +80,7 @@ def test_tracking_outage_mid_search_then_filled_in_on_rerun(smoke_cfg, tmp_path)
     uri = f"http://127.0.0.1:{port}"
     args = _args(smoke_cfg, "outage", f"tracking.uri={uri}", "search.num_samples=2", "search.max_concurrent=1",
                  "train.epochs=3", "search.grace_period=3")
-    cfg = config.load(SMOKE, args)
+    cfg = settings.load(SMOKE, args)
     server = start_mlflow_server(f"sqlite:///{store / 'mlflow.db'}", port, store / "artifacts")
     search = _start("search.tune", args)
     try:

@@ -21,6 +21,7 @@ from PIL import Image
 from maskclf import config, ensemble
 from maskclf.errors import InputError
 from search import finalize
+from search.study import settings
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import SMOKE, copy_run_dir
 
@@ -77,7 +78,7 @@ def test_outputs_of_a_five_fold_finalize(study):
     assert len(errors) == (oof["label"] != oof["pred"]).sum()
     assert {"path", "person", "true", "pred", "prob"} <= set(errors.columns)
     assert errors["pair_count"].is_monotonic_decreasing and set(errors["path"]) <= set(oof["path"])
-    assert config.load(out / "config.yaml").train.epochs == 2
+    assert settings.load(out / "config.yaml").train.epochs == 2
     for k in range(5):
         assert (out / "folds" / f"fold{k}" / "checkpoint" / "state.pt").is_file()
     assert sum("trained epochs 1-2" in line for line in study.lines) == 5
@@ -226,4 +227,4 @@ def test_finalize_epochs_replace_the_searchs_budget(smoke_cfg, tmp_path):
     assert finalize.load_best(SMOKE, best, []).train.epochs == 4
     assert finalize.load_best(SMOKE, best, ["finalize.epochs=0"]).train.epochs == smoke_cfg.train.epochs
     with pytest.raises(InputError, match="finalize.epochs must be >= 0"):
-        config.load(SMOKE, {"finalize.epochs": -1})
+        settings.load(SMOKE, {"finalize.epochs": -1})

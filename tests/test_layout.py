@@ -110,6 +110,9 @@ def test_the_paths_of_the_flat_layout_still_import_the_same_classes():
     from search.tracking import registry
 
     assert EnsembleModel is registry.EnsembleModel
+    from search.study import settings
+
+    assert pickle.loads(b"cmaskclf.schema\nSearchConfig\n.") is settings.SearchConfig  # once the core's
     assert registry.__spec__.name == "search.tracking.registry"  # the module keeps its own name
     for old, new in search.MOVED.items():
         assert (ROOT / Path(*new.split("."))).with_suffix(".py").is_file(), new

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from maskclf import config
+from search.study import settings
 from search.tracking import reconcile
 from search.tracking import KEY_TAG
 from search.tracking.trial_runs import TrialRuns
@@ -20,7 +21,7 @@ POINT = {"train.lr": 0.01, "train.optimizer": "sgd"}
 
 @pytest.fixture
 def cfg(tmp_path):
-    return config.load(SMOKE, {"run.dir": str(tmp_path / "runs"), "train.epochs": 3, "search.grace_period": 3})
+    return settings.load(SMOKE, {"run.dir": str(tmp_path / "runs"), "train.epochs": 3, "search.grace_period": 3})
 
 
 def _runs(cfg, tmp_path, **kw) -> TrialRuns:

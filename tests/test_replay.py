@@ -11,6 +11,7 @@ import pytest
 
 from maskclf import config
 from search.study import optuna_study
+from search.study import settings
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -59,7 +60,7 @@ def test_a_point_with_two_seeds_replays_one_picked_by_the_study_seed_and_the_par
 
 
 def test_the_committed_table_covers_the_demo_space_with_full_curves_and_second_seeds():
-    cfg = config.load(config.DEFAULT_CONFIG)
+    cfg = settings.load(config.DEFAULT_CONFIG)
     rows = [json.loads(line) for line in replay.TABLE.read_text().splitlines() if line.strip()]
     t = replay.Table.load(cfg)
     assert len(t.ids) >= 150 and sum(len(r) > 1 for r in t.runs.values()) >= 40
@@ -72,7 +73,7 @@ def test_the_committed_table_covers_the_demo_space_with_full_curves_and_second_s
 
 
 def _study(stopped: str, run_dir):
-    cfg = config.apply(config.load(config.DEFAULT_CONFIG), {
+    cfg = config.apply(settings.load(config.DEFAULT_CONFIG), {
         "run.dir": str(run_dir), "run.study": f"replay-{stopped}", "search.stopped_trials": stopped,
         "search.seed": 0, "search.num_samples": 40, "search.budget_epochs": 20, "search.reuse_actors": True})
     rows = replay.run_study(cfg, replay.Table.load(cfg), keep=run_dir)

@@ -12,6 +12,7 @@ from maskclf.errors import InputError
 from search.cluster import experiment
 from search import study as study_mod
 from search import tune as tune_mod
+from search.study import settings
 from tests.conftest import ROOT, SMOKE
 
 
@@ -22,13 +23,13 @@ from tests.conftest import ROOT, SMOKE
 ])
 def test_bad_search_option_is_an_input_error_naming_the_key(key, value, expected):
     with pytest.raises(InputError) as e:
-        config.load(SMOKE, {key: value})
+        settings.load(SMOKE, {key: value})
     assert expected in e.value.message()
 
 
 def test_unknown_sampler_and_scheduler_list_the_valid_names():
     with pytest.raises(InputError) as e:
-        config.load(SMOKE, {"search.sampler": "tpee", "search.scheduler": "fif"})
+        settings.load(SMOKE, {"search.sampler": "tpee", "search.scheduler": "fif"})
     msg = e.value.message()
     assert "(closest: tpe); choose from [random, tpe]" in msg
     assert "(closest: fifo); choose from [asha, fifo]" in msg
@@ -93,7 +94,7 @@ def test_trials_table_leaves_out_trials_a_budget_stopped_before_they_started():
 
     from search.tracking import report
 
-    cfg = config.load(SMOKE)
+    cfg = settings.load(SMOKE)
     ran = SimpleNamespace(config={"train.lr": 0.01}, metrics={"trial_id": "a1", "epoch": 2, "val_f1": 0.3},
                           metrics_dataframe=pd.DataFrame({"epoch": [1, 2], "val_f1": [0.2, 0.3]}), error=None,
                           path="/x/train_trial_a1_00000")
@@ -118,7 +119,7 @@ def test_a_study_ignores_settings_its_sampler_and_scheduler_never_read(smoke_cfg
 def test_asha_grace_period_beyond_the_epochs_is_refused_before_the_search():
     from search.study import space
 
-    cfg = config.load(SMOKE, {"train.epochs": 2, "search.grace_period": 3})  # one training does not care
+    cfg = settings.load(SMOKE, {"train.epochs": 2, "search.grace_period": 3})  # one training does not care
     with pytest.raises(InputError, match="search.grace_period=3 is more than train.epochs=2"):
         space.validate(cfg)
     space.validate(config.apply(cfg, {"search.scheduler": "fifo"}))

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from maskclf import config
+from search.study import settings
 from tests.faults import ROOT, SMOKE, _args
 
 
@@ -45,7 +45,7 @@ def test_two_searches_side_by_side_each_start_their_own_ray_and_both_finish(smok
     assert second.returncode == 0, out2[-3000:]
     assert "started a local Ray" in out2 and "connecting to" not in out2
     for study, epochs in (("first", 1), ("second", 6)):
-        cfg = config.load(SMOKE, _args(smoke_cfg, study))
+        cfg = settings.load(SMOKE, _args(smoke_cfg, study))
         table = pd.read_csv(Path(cfg.run.dir) / study / "trials.csv")
         assert len(table) == 1 and table["best_val_f1"].between(0, 1).all(), table
         assert table["epochs"].tolist() == [epochs] and table["status"].tolist() == ["done"], table

@@ -18,11 +18,12 @@ from maskclf.errors import InputError
 from search.study import optuna_study, space
 from search import study as study_mod
 from search.cluster.experiment import study_dir
+from search.study import settings
 from tests.conftest import ROOT, SMOKE
 
 
 def _cfg(tmp_path: Path, **values) -> config.Config:
-    return config.load(SMOKE, {"run.dir": str(tmp_path / "runs"), **values})
+    return settings.load(SMOKE, {"run.dir": str(tmp_path / "runs"), **values})
 
 
 def test_extension_plans_the_trials_and_epochs_asked_for_and_nothing_more(tmp_path):
@@ -99,7 +100,7 @@ _HOLD = """
 import sys, time
 from maskclf import config
 from search import study
-cfg = config.load(sys.argv[1], {"run.dir": sys.argv[2]})
+cfg = settings.load(sys.argv[1], {"run.dir": sys.argv[2]})
 with study.driver_lock(cfg, "python -m search.tune"):
     print("locked", flush=True)
     time.sleep(600)

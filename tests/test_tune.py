@@ -15,6 +15,7 @@ import pytest
 from maskclf import config
 from search.cluster import experiment
 from search import tune as tune_mod
+from search.study import settings
 from search.tracking import Tracker, tracking_uri
 from tests.conftest import SMOKE
 from tests.faults import _check_optuna_matches
@@ -36,7 +37,7 @@ def test_smoke_search_tracks_every_trial(smoke_final, tmp_path):
     progress and its MLflow runs."""
     import pandas as pd
 
-    smoke_cfg = config.load(SMOKE, smoke_final.overrides)
+    smoke_cfg = settings.load(SMOKE, smoke_final.overrides)
     study = Path(smoke_cfg.run.dir) / "smoke"
     table = pd.read_csv(study / "trials.csv")
     assert len(table) == 2 and set(table["status"]) <= {"done", "stopped"}
@@ -70,7 +71,7 @@ def test_smoke_search_tracks_every_trial(smoke_final, tmp_path):
         for key in ("val_loss", "train_loss", "lr", "images_per_s", "epoch_time"):
             assert key in r.data.metrics
 
-    best = config.load(study / "best_config.yaml")
+    best = settings.load(study / "best_config.yaml")
     assert best.model.backbone in ("test_resnet", "test_efficientnet")
     from maskclf import train
 
@@ -90,7 +91,7 @@ def test_live_table_prints_a_line_per_trial_and_the_top_trials(tmp_path, capsys)
 
     from search.cluster.progress import LiveTable
 
-    cfg = config.load(ROOT / "conf" / "smoke.yaml")
+    cfg = settings.load(ROOT / "conf" / "smoke.yaml")
     live = pickle.loads(pickle.dumps(LiveTable(cfg, every=2)))  # Tune pickles its callbacks
     cfg = {"model.backbone": "test_resnet", "train.lr": 0.01}
     a = _Trial("t_00000", "RUNNING", 6, 0.41, cfg)
@@ -146,7 +147,7 @@ def test_interrupted_study_resumes_without_duplicates(smoke_cfg):
             # a process per trial (the default, not the smoke config's reuse): trials that start in milliseconds
             # could all finish between the first one's end and the interrupt
             "search.max_concurrent=1", "search.reuse_actors=false"]
-    cfg = config.load(ROOT / "conf" / "smoke.yaml", [a for a in args if "=" in a and not a.startswith("--")])
+    cfg = settings.load(ROOT / "conf" / "smoke.yaml", [a for a in args if "=" in a and not a.startswith("--")])
     env = {**os.environ, "RAY_ADDRESS": "local"}
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 240
@@ -216,7 +217,7 @@ def test_relative_pretrained_file_means_the_same_file_in_every_trial(ray_local, 
     monkeypatch.chdir(tmp_path)  # Ray runs trials in folders of their own, not here
     Path("weights").mkdir()
     torch.save(timm.create_model("test_resnet").state_dict(), "weights/test_resnet.pth")
-    cfg = config.load(SMOKE, {"data.root": smoke_cfg.data.root, "run.dir": "runs", "run.study": "relative",
+    cfg = settings.load(SMOKE, {"data.root": smoke_cfg.data.root, "run.dir": "runs", "run.study": "relative",
                                    "faces.cache_dir": smoke_cfg.faces.cache_dir, "search.num_samples": 1,
                                    "search.max_failures": 0, "train.epochs": 1, "search.grace_period": 1,
                                    "search.space": {"model.backbone": {"choice": ["test_resnet"]}},
@@ -224,7 +225,7 @@ def test_relative_pretrained_file_means_the_same_file_in_every_trial(ray_local, 
     assert cfg.model.pretrained_file == str(tmp_path / "weights" / "test_resnet.pth")
     table = tune_mod.run(cfg)
     assert table["status"].tolist() == ["done"], table.get("error")
-    best = config.load(tmp_path / "runs" / "relative" / "best_config.yaml")
+    best = settings.load(tmp_path / "runs" / "relative" / "best_config.yaml")
     assert best.model.pretrained_file == str(tmp_path / "weights" / "test_resnet.pth")
 
 
@@ -243,7 +244,7 @@ def test_a_study_whose_every_trial_fails_ends_with_one_line(smoke_cfg, tmp_path)
     assert "training loss is nan" in last and "lr 1e+09 too high?" in last
     error_file = Path(last.split("(full error: ", 1)[1].rstrip(")"))
     assert error_file.is_file() and "FloatingPointError" in error_file.read_text()
-    cfg = config.load(SMOKE, {"run.dir": str(tmp_path)})
+    cfg = settings.load(SMOKE, {"run.dir": str(tmp_path)})
     tracker, searches = _runs(cfg, "search")
     assert [r.info.status for r in searches] == ["FAILED"] and "training loss is nan" in searches[0].data.tags["error"]
     assert {r.info.status for r in tracker.find("trial")} == {"FAILED"}

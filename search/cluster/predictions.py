@@ -18,7 +18,8 @@ def runner(cfg: Config, log: Callable[[str], None]) -> Callable:
     """A ``run_folds`` for :func:`maskclf.ensemble.fold_results` that runs one Ray task per fold model on the
     command's Ray (joined or started as every command does), with the resources of a trial."""
 
-    def run(run_cfg: Config, ckpts: dict, images, rows: dict, eval_images, run_log: Callable[[str], None]) -> dict:
+    def run(run_cfg: Config, ckpts: dict, images, rows: dict, eval_images, run_log: Callable[[str], None],
+            tta: bool = True) -> dict:
         import numpy as np
         import ray
 
@@ -38,7 +39,7 @@ def runner(cfg: Config, log: Callable[[str], None]) -> Callable:
         images_ref = ray.put(np.asarray(images))
         eval_ref = ray.put(np.asarray(eval_images)) if eval_images is not None else None
         pending = {task.remote(run_cfg, ensemble.checkpoint_files(ckpts[k]), images_ref, rows[k], eval_ref,
-                               device): k for k in sorted(ckpts)}
+                               device, tta): k for k in sorted(ckpts)}
         out = {}
         while pending:
             [ref], _ = ray.wait(list(pending), num_returns=1)

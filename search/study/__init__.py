@@ -39,7 +39,9 @@ def check_same_study(cfg: Config, log: Callable[[str], None] = print) -> None:
     saved = study_dir(cfg) / "study.yaml"
     if not saved.is_file():
         return
-    old, new = config_mod.to_dict(config_mod.load(saved)), config_mod.to_dict(cfg)
+    from search.study import settings  # lazily: python -m search.study.settings runs it as __main__
+
+    old, new = config_mod.to_dict(settings.load(saved)), config_mod.to_dict(cfg)
     changed = [f"{s}.{k}" for s in STUDY_SECTIONS for k in new[s] if old[s].get(k) != new[s][k]]
     ignored = set(_HOW_IT_RUNS)
     if old["search"].get("scheduler") == new["search"]["scheduler"] == "fifo":  # settings nothing reads
@@ -71,7 +73,9 @@ def read(cfg: Config) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     saved = study_dir(cfg) / "study.yaml"
-    s = (config_mod.load(saved) if saved.is_file() else cfg).search
+    from search.study import settings
+
+    s = (settings.load(saved) if saved.is_file() else cfg).search
     return {"parts": [_part(cfg.run.study, s.num_samples, s.budget_epochs, s.seed, s.num_samples, s.budget_epochs)],
             "optuna": None, "warm_start": []}
 

@@ -15,6 +15,7 @@ from maskclf import config as config_mod
 from maskclf.config import Config
 from maskclf.errors import InputError
 from search.study import space as space_mod
+from search.study import settings
 from search.study.outputs import RUNTIME_KEYS  # a warm start ignores them
 
 PART_ATTR, LOST_ATTR, FROM_ATTR = "maskclf.part", "maskclf.lost", "maskclf.from"
@@ -153,7 +154,7 @@ def warm_trials(cfg: Config, log: Callable[[str], None] = print) -> list[dict]:
         except InputError as e:
             problems.append(f"search.warm_start: study '{name}': {e}")
             continue
-        src_cfg = config_mod.load(folder / "study.yaml")
+        src_cfg = settings.load(folder / "study.yaml")
         taken, skipped = 0, {}
         for t in source.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
             point, why = space_mod.as_point(space, t.params)

@@ -11,6 +11,7 @@ from typing import Callable
 from maskclf import config as config_mod
 from maskclf.config import Config
 from search.cluster.experiment import study_dir
+from search.study import settings
 
 DONE_FILE = "metrics.json"  # written last: its presence marks a finished finalize (or distillation)
 # Keys that change where or how fast a model trains, not the model it yields (the search's trials and a run's
@@ -38,7 +39,7 @@ def output_dir(cfg: Config, log: Callable[[str], None] = print, base: str = "fin
             return path
         if not (path / DONE_FILE).is_file():
             saved = path / "config.yaml"
-            if not saved.is_file() or model_keys(config_mod.load(saved), sections) == model_keys(cfg, sections):
+            if not saved.is_file() or model_keys(settings.load(saved), sections) == model_keys(cfg, sections):
                 return path
             log(f"{path} holds an interrupted {base} of another configuration; leaving it as it is")
         n += 1

@@ -28,8 +28,9 @@ import torch
 
 from maskclf import config as config_mod
 from maskclf import engine, inputs, predict, tasks
+from search.study.settings import CHAMPION
 
-ALIAS = "champion"
+ALIAS = CHAMPION
 # "Models from code": MLflow stores this script, not a pickle, and runs it when loading.
 _MODEL_CODE = """import mlflow
 from search.tracking.registry import {cls}
