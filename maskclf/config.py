@@ -91,11 +91,13 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
 def _set(cfg: Config, key: str, value: Any, problems: list[str], where: str) -> None:
     section, _, name = key.partition(".")
     sections = [f.name for f in dataclasses.fields(cfg)]
-    if type(cfg) is Config and name and section not in sections and section.isidentifier() \
-            and not any(_typo(section, s) for s in sections):
-        return  # a section of a layer above the core's schema: that layer's to read and check
     sub = getattr(cfg, section, None) if section in sections else None
-    if sub is None or not name or name not in {f.name for f in dataclasses.fields(sub)}:
+    names = [f.name for f in dataclasses.fields(sub)] if sub is not None else []
+    if cfg.OTHER_LAYERS and name and section.isidentifier() and (
+            (sub is None and not any(_typo(section, s) for s in sections))
+            or (section in cfg.OPEN_SECTIONS and name not in names and not any(_typo(name, n) for n in names))):
+        return  # a setting of a layer above this schema (its section, or its key in a shared one): that layer's
+    if sub is None or not name or name not in names:
         problems.append(f"{_unknown(key, keys(cfg))} in {where}")
         return
     try:

@@ -117,6 +117,11 @@ class Config:
     # more sections adds its own.
     PATH_KEYS: ClassVar[tuple[str, ...]] = ("data.root", "data.corrections", "faces.cache_dir",
                                             "model.pretrained_file", "run.dir")
+    # The files the core reads are the search layer's too: they hold its sections, and keys it adds to the core's
+    # distill section. A core load leaves those to that layer (a typo of a core name is still an error); a schema
+    # that declares every section (search/study/settings.py) sets OTHER_LAYERS to False.
+    OTHER_LAYERS: ClassVar[bool] = True
+    OPEN_SECTIONS: ClassVar[tuple[str, ...]] = ("distill",)
 
     def problems(self) -> list[str]:
         """Invalid values in the sections a config with more sections adds (maskclf.config checks these)."""

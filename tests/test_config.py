@@ -24,12 +24,16 @@ def test_every_config_file_loads(path):
 
 
 def test_the_core_leaves_the_search_sections_to_the_search_layer_but_not_a_typo_of_its_own():
-    cfg = config.load(CONF / "smoke.yaml", ["search.num_samples=3", "tracking.uri=x"])
-    assert not hasattr(cfg, "search") and cfg.distill.temperature == 2.0
+    cfg = config.load(CONF / "smoke.yaml", ["search.num_samples=3", "tracking.uri=x", "distill.alias=quick"])
+    assert not hasattr(cfg, "search") and cfg.distill.temperature == 2.0 and not hasattr(cfg.distill, "alias")
     with pytest.raises(InputError) as e:
-        config.load(CONF / "smoke.yaml", ["trian.lr=1", "model.pretrained=maybe"])
+        config.load(CONF / "smoke.yaml", ["trian.lr=1", "model.pretrained=maybe", "distill.alpah=1", "train.lrate=1"])
     assert e.value.problems == ["unknown key 'trian.lr' (did you mean train.lr?) in command line",
-                                "model.pretrained must be true or false, got 'maybe' in command line"]
+                                "model.pretrained must be true or false, got 'maybe' in command line",
+                                "unknown key 'distill.alpah' (did you mean distill.alpha, distill.temperature?) in "
+                                "command line",
+                                "unknown key 'train.lrate' (did you mean train.lr, train.decay_rate, train.amp?) in "
+                                "command line"]
     with pytest.raises(InputError, match=r"unknown key 'serch.num_samples' \(did you mean search.num_samples\?\)"):
         settings.load(CONF / "smoke.yaml", ["serch.num_samples=3"])
 

@@ -100,6 +100,7 @@ class StudyConfig(core.Config):
     pseudo: PseudoConfig = field(default_factory=PseudoConfig)
 
     PATH_KEYS: ClassVar[tuple[str, ...]] = (*core.Config.PATH_KEYS, "search.storage_path")
+    OTHER_LAYERS: ClassVar[bool] = False  # every section and key is this schema's: anything else is an error
 
     def problems(self) -> list[str]:
         """Every invalid value of the search layer's sections."""
