@@ -83,6 +83,17 @@ def read_rgb(path: str | Path) -> np.ndarray:
         return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
 
 
+def answers(probs: np.ndarray, task: str = "all") -> pd.DataFrame:
+    """One row per photo: its ``label`` (0..17, or the task's), the readable ``class`` (``wear/female/<30``) and
+    the ``probability`` of that class."""
+    from maskclf import tasks
+
+    label = probs.argmax(1)
+    names = tasks.class_names(task)
+    return pd.DataFrame({"label": label.astype(int), "class": [names[c] for c in label],
+                         "probability": probs[np.arange(len(label)), label].astype(float)})
+
+
 def crop_images(images: Sequence[np.ndarray], cfg: Config, device: str = "cpu") -> np.ndarray:
     """Face crops of photos with the crop settings a model was trained on (``cfg.faces``)."""
     f = cfg.faces

@@ -121,7 +121,7 @@ def test_the_combined_model_predicts_18_classes_in_a_fresh_process(studies):
     paths = [str(studies.data / "eval" / "images" / i) for i in sub["ImageID"]]
     script = ("import sys, mlflow\n"
               "m = mlflow.pyfunc.load_model('models:/combined@champion')\n"
-              "print('LABELS', *m.predict(sys.argv[1:]))\n")
+              "print('LABELS', *m.predict([open(p, 'rb').read() for p in sys.argv[1:]])['label'])\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(studies.cfg)}
     r = subprocess.run([sys.executable, "-c", script, *paths], cwd=studies.run_dir, env=env, capture_output=True,
                        text=True, timeout=180)

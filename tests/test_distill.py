@@ -157,7 +157,7 @@ def test_the_student_learns_from_the_ensemble_scores_beside_it_and_serves_from_t
     paths = [str(teacher.data / "eval" / "images" / i) for i in sub["ImageID"].head(4)]
     script = ("import sys, mlflow\n"
               "m = mlflow.pyfunc.load_model('models:/smoke@fast')\n"
-              "print('LABELS', *m.predict(sys.argv[1:]))\n")
+              "print('LABELS', *m.predict([open(p, 'rb').read() for p in sys.argv[1:]])['label'])\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(cfg)}
     r = subprocess.run([sys.executable, "-c", script, *paths], cwd=out, env=env, capture_output=True, text=True,
                        timeout=180)

@@ -6,10 +6,15 @@ file order: the interruption test leaves the study finished again for the final-
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,11 +24,12 @@ import pytest
 from PIL import Image
 
 from maskclf import config, ensemble
+from maskclf import labels as labels_mod
 from maskclf.errors import InputError
 from search import finalize
 from search.study import settings
 from search.tracking import Tracker, tracking_uri
-from tests.conftest import SMOKE, copy_run_dir
+from tests.conftest import SMOKE, copy_run_dir, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 METRIC_KEYS = {"oof_f1", "fold_f1", "per_class_f1", "mask_acc", "gender_acc", "age_acc", "eval_f1",
@@ -105,20 +111,82 @@ def test_mlflow_holds_the_finalize_run_its_folds_and_the_model(study):
 
 
 def test_registered_model_predicts_in_a_fresh_process(study):
+    """Photos in as bytes and as base64, answers out (label, class, probability); file paths only for a caller
+    that loads the model with ``paths``; a bad photo is one line naming it."""
     sub = pd.read_csv(study.final / "submission.csv", dtype={"ImageID": str}).head(3)
     paths = [str(study.data / "eval" / "images" / i) for i in sub["ImageID"]]
     tiny = study.final.parent / "tiny.jpg"  # smaller than the smallest face MTCNN looks for
     Image.open(paths[0]).resize((20, 30)).save(tiny)
-    script = ("import sys, mlflow\n"
+    script = ("import base64, json, sys, mlflow\n"
               "m = mlflow.pyfunc.load_model('models:/smoke@champion')\n"
-              "print('LABELS', *m.predict(sys.argv[1:]))\n")
+              "photos = [open(p, 'rb').read() for p in sys.argv[1:]]\n"
+              "a = m.predict(photos)\n"
+              "b = m.predict([base64.b64encode(x).decode() for x in photos])\n"
+              "on_files = mlflow.pyfunc.load_model('models:/smoke@champion', model_config={'paths': True})\n"
+              "c = on_files.predict(sys.argv[1:])\n"
+              "try:\n"
+              "    m.predict([sys.argv[1], 'bm90IGFuIGltYWdl'])\n"
+              "    bad = 'accepted'\n"
+              "except mlflow.exceptions.MlflowException as e:\n"
+              "    bad = e.message\n"
+              "print('OUT', json.dumps([a.to_dict('list'), b.to_dict('list'), c.to_dict('list'), bad]))\n")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(study.cfg)}
     r = subprocess.run([sys.executable, "-c", script, *paths, str(tiny)], cwd=study.final, env=env, capture_output=True,
                        text=True, timeout=180)
     assert r.returncode == 0, r.stderr[-3000:]
-    labels = [int(v) for v in r.stdout.split("LABELS", 1)[1].split()]
+    as_bytes, as_base64, as_paths, bad = json.loads(r.stdout.split("OUT", 1)[1])
+    labels = as_bytes["label"]
     assert len(labels) == 4 and all(0 <= v < 18 for v in labels)
     assert labels[:3] == sub["ans"].tolist()  # the served model crops and votes exactly as finalize did
+    assert as_base64 == as_bytes and as_paths == as_bytes
+    assert as_bytes["class"] == [labels_mod.class_name(v) for v in labels]
+    assert all(1 / 18 <= p <= 1 for p in as_bytes["probability"])  # the top class of 18
+    assert bad == ("2 problems: photo 1: a file path? the model opens no file it is sent: send the photo's bytes, "
+                   "base64-encoded; photo 2: not a JPEG or PNG image")
+
+
+def test_mlflow_models_serve_answers_base64_photos_and_refuses_a_path_with_one_line(study):
+    """``mlflow models serve`` of the registered model: base64 JPEGs in, the submission's labels out; a path is
+    HTTP 400 with the one-line reason and no stack trace, and the next request is answered."""
+    sub = pd.read_csv(study.final / "submission.csv", dtype={"ImageID": str}).head(2)
+    photos = [base64.b64encode((study.data / "eval" / "images" / i).read_bytes()).decode() for i in sub["ImageID"]]
+    port = free_port()
+    # it runs uvicorn from PATH, as in an activated environment
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(study.cfg),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/smoke@champion",
+                             "--env-manager", "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                            env=env, cwd=study.final, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+    def post(body: dict) -> tuple[int, dict]:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=120) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        deadline = time.time() + 150
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(1)
+        status, answer = post({"inputs": photos})
+        assert status == 200 and [p["label"] for p in answer["predictions"]] == sub["ans"].tolist()
+        status, answer = post({"inputs": ["/etc/passwd"]})
+        assert status == 400 and "photo 1: a file path?" in answer["message"]
+        assert "stack_trace" not in answer and "Traceback" not in json.dumps(answer)
+        status, answer = post({"inputs": photos[:1]})
+        assert status == 200 and answer["predictions"][0]["label"] == sub["ans"].iloc[0]
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_fold_models_predict_as_ray_tasks_exactly_as_in_one_process(study, monkeypatch):

@@ -75,7 +75,7 @@ def test_the_model_core_never_imports_the_search_layer():
     assert not any(wrong.values()), wrong
 
 
-COMMANDS = ("search.tune", "search.finalize", "search.distill", "search.combine")
+COMMANDS = ("search.tune", "search.finalize", "search.distill", "search.combine", "search.serve")
 
 
 def test_no_command_imports_another():

@@ -2,9 +2,13 @@
 combination of a mask, a gender and an age ensemble (``search.combine``), registered as ``combined``.
 
 Contract of the registered models (``mlflow.pyfunc.load_model("models:/<study>@champion")``):
-``predict`` takes a list of image file paths (or a one-column pandas DataFrame of them, which
-MLflow turns into that list) and returns a list of labels, one per path: 18-class labels (ints
-0..17), or for a task study's ensemble its task's labels (mask 0..2, gender 0..1, age 0..2).
+``predict`` takes photos: a list of base64 strings of JPEG or PNG bytes (what ``mlflow models serve`` is sent as
+``{"inputs": [...]}``), of the bytes themselves from Python, or a one-column pandas DataFrame of either. It returns
+a DataFrame with a row per photo: ``label`` (an 18-class label 0..17, or for a task study's ensemble its task's:
+mask 0..2, gender 0..1, age 0..2), ``class`` (``wear/female/<30``, or the task's class) and ``probability``. A bad
+photo is an MlflowException naming every bad photo of the request (400 when served). The model never opens a file
+it is sent; a Python caller that predicts on image files says so when it loads the model:
+``mlflow.pyfunc.load_model(uri, model_config={"paths": True})`` makes the strings paths.
 It crops the face itself with the crop settings the folds were trained on, then soft-votes
 the fold models (with flip TTA when finalize used it). The combined model soft-votes each task's
 folds and multiplies the three tasks' probabilities into the 18 classes.
@@ -24,10 +28,13 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import mlflow
+import numpy as np
 import torch
+from mlflow.exceptions import MlflowException
 
 from maskclf import config as config_mod
-from maskclf import engine, inputs, predict, tasks
+from maskclf import engine, inputs, photos, predict, tasks
+from maskclf.errors import InputError
 from search.study.settings import CHAMPION
 
 ALIAS = CHAMPION
@@ -41,46 +48,61 @@ _REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "albumentations", "op
                  "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "cloudpickle")
 
 
-class EnsembleModel(mlflow.pyfunc.PythonModel):
-    """Soft-voting ensemble of fold checkpoints (artifacts ``fold0``, ``fold1``, ...) on image files."""
+class _Photos(mlflow.pyfunc.PythonModel):
+    """Photos in (base64 or bytes; file paths when loaded with ``paths``), answers out."""
 
-    def load_context(self, context) -> None:
+    def _settings(self, context) -> dict:
         conf = context.model_config or {}
         self.device = str(inputs.resolve_device(conf.get("device", "auto")))
-        self.tta = bool(conf.get("tta", True))
+        self.paths = bool(conf.get("paths", False))
+        return conf
+
+    def _images(self, model_input: Any) -> list:
+        try:
+            return photos.decode_all(photos.as_list(model_input), paths=self.paths)
+        except InputError as e:  # one line, no stack trace: HTTP 400 from MLflow's scoring server
+            raise MlflowException.invalid_parameter_value(e.message()) from None
+
+    def probabilities(self, images: list) -> tuple[Any, str]:
+        raise NotImplementedError
+
+    def predict(self, context, model_input, params=None):  # no type hints: MLflow would build a schema from them
+        """A DataFrame with a row per photo of ``model_input``: ``label``, ``class``, ``probability``."""
+        images = self._images(model_input)
+        if not images:
+            return predict.answers(np.zeros((0, 18)))
+        probs, task = self.probabilities(images)
+        return predict.answers(probs, task)
+
+
+class EnsembleModel(_Photos):
+    """Soft-voting ensemble of fold checkpoints (artifacts ``fold0``, ``fold1``, ...)."""
+
+    def load_context(self, context) -> None:
+        self.tta = bool(self._settings(context).get("tta", True))
         names = sorted(context.artifacts, key=lambda n: int(n.removeprefix("fold")))
         self.members = predict.load_ensemble([context.artifacts[n] for n in names], self.device)
 
-    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[int]:
-        """Labels (0..17, or the task's) for a list of image file paths."""
-        if not model_input:
-            return []
-        images = [predict.read_rgb(p) for p in model_input]
+    def probabilities(self, images: list) -> tuple[Any, str]:
         # every fold was trained on the same crop settings; the first fold's config holds them
         crops = predict.crop_images(images, self.members[0][1], self.device)
         probs = predict.predict_crops(self.members, crops, tta=self.tta, device=self.device)
-        return [int(v) for v in probs.argmax(1)]
+        return probs, self.members[0][0].task
 
 
-class CombinedModel(mlflow.pyfunc.PythonModel):
+class CombinedModel(_Photos):
     """A mask, a gender and an age ensemble (artifacts ``mask_fold0``, ``gender_fold0``, ...) multiplied into the
     18 classes. A part may be an 18-way ensemble, whose probabilities are summed down to its task."""
 
     def load_context(self, context) -> None:
-        conf = context.model_config or {}
-        self.device = str(inputs.resolve_device(conf.get("device", "auto")))
-        self.tta = conf.get("tta", {})
+        self.tta = self._settings(context).get("tta", {})
         self.parts = {}
         for task in tasks.PARTS:
             names = sorted((n for n in context.artifacts if n.startswith(f"{task}_fold")),
                            key=lambda n: int(n.rpartition("fold")[2]))
             self.parts[task] = predict.load_ensemble([context.artifacts[n] for n in names], self.device)
 
-    def predict(self, context, model_input: list[str], params: dict[str, Any] | None = None) -> list[int]:
-        """Labels 0..17 for a list of image file paths."""
-        if not model_input:
-            return []
-        images = [predict.read_rgb(p) for p in model_input]
+    def probabilities(self, images: list) -> tuple[Any, str]:
         crops: dict[tuple, Any] = {}  # the parts may crop faces differently: each setting once
         probs = {}
         for task, members in self.parts.items():
@@ -90,7 +112,7 @@ class CombinedModel(mlflow.pyfunc.PythonModel):
                 crops[key] = predict.crop_images(images, members[0][1], self.device)
             p = predict.predict_crops(members, crops[key], tta=bool(self.tta.get(task, True)), device=self.device)
             probs[task] = tasks.as_task(p, members[0][0].task, task)
-        return [int(v) for v in tasks.combine(probs["mask"], probs["gender"], probs["age"]).argmax(1)]
+        return tasks.combine(probs["mask"], probs["gender"], probs["age"]), "all"
 
 
 def _requirements() -> list[str]:
@@ -144,7 +166,7 @@ def register(uri: str, run_id: str, name: str, checkpoints: dict[int, Path], *, 
     register it as a new version of ``name`` with ``alias`` (``champion``; a distilled student has its own);
     returns the version."""
     return _register(uri, run_id, name, {f"fold{k}": c for k, c in checkpoints.items()}, "EnsembleModel",
-                     {"tta": tta, "device": "auto"}, tags, alias)
+                     {"tta": tta, "device": "auto", "paths": False}, tags, alias)
 
 
 def register_combined(uri: str, run_id: str, name: str, parts: dict[str, dict[int, Path]], *,
@@ -153,7 +175,8 @@ def register_combined(uri: str, run_id: str, name: str, parts: dict[str, dict[in
     as model ``model`` of run ``run_id``, register it as a new version of ``name`` with alias ``champion``;
     returns the version."""
     artifacts = {f"{task}_fold{k}": c for task, ckpts in parts.items() for k, c in ckpts.items()}
-    return _register(uri, run_id, name, artifacts, "CombinedModel", {"tta": tta, "device": "auto"}, tags)
+    return _register(uri, run_id, name, artifacts, "CombinedModel", {"tta": tta, "device": "auto", "paths": False},
+                     tags)
 
 
 def _register(uri: str, run_id: str, name: str, checkpoints: dict[str, Path], cls: str, model_config: dict,
