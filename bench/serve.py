@@ -8,7 +8,8 @@ Reads a finished study (``run.dir`` / ``run.study``: ``python -m search.finalize
 search.distill`` for ``@fast``); trains nothing. Each alias is served by the real command in a process of its own
 (a private local Ray), warmed up with one request, then loaded by each number of clients in turn: every client
 sends one photo per request (a raw ``image/jpeg`` body; base64 JSON to MLflow's server) as soon as its last one
-is answered. Rows: requests/s, images/s, latency p50 / p95 / p99 and errors, per server, model and clients; and
+is answered. Rows: requests/s, images/s, latency p50 / p95 / p99 and errors (an answer other than 200, or none
+in 30 s), per server, model and clients; and
 where one photo's time goes inside the model (decode, face step, network) at batch 1 and at the service's batch.
 The clients run on the same machine as the service and take some of its CPU. Every request goes to 127.0.0.1.
 """
@@ -42,6 +43,7 @@ SECTION = "Serving: photos over HTTP under load (python -m search.serve, mlflow 
 HEADER = ["date", "machine", "server", "model", "clients", "seconds", "requests/s", "images/s", "p50 ms", "p95 ms",
           "p99 ms", "errors", "command"]
 STAGES = "Serving: where one photo's time goes inside the model (ms per photo)"
+REQUEST_TIMEOUT_S = 30  # a request not answered by then counts as an error
 STAGE_HEADER = ["date", "machine", "model", "batch", "decode", "face step", "network", "all", "command"]
 
 
@@ -123,7 +125,7 @@ async def _load(url: str, bodies: list[bytes], content_type: str, clients: int, 
                                         headers={"Content-Type": content_type}) as r:
                     await r.read()
                     ok = r.status == 200
-            except aiohttp.ClientError:
+            except (aiohttp.ClientError, asyncio.TimeoutError):  # refused, reset, or no answer in REQUEST_TIMEOUT_S
                 ok = False
             if ok:
                 latencies.append(time.perf_counter() - t)
@@ -132,7 +134,7 @@ async def _load(url: str, bodies: list[bytes], content_type: str, clients: int, 
             i += clients
 
     start_t = time.perf_counter()
-    timeout = aiohttp.ClientTimeout(total=120)
+    timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=clients)) as session:
         await asyncio.gather(*(client(k, session) for k in range(clients)))
     return {"latencies": latencies, "errors": errors, "wall": time.perf_counter() - start_t}
@@ -210,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         raise InputError(f"no eval JPEGs in {eval_dir}")
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "RAY_ADDRESS": "local"}
     cfg_args = ["--config", args.config, *args.overrides]
-    command = "python bench/serve.py " + " ".join([*(["--quick"] if args.quick else []), *args.overrides])
+    changed = [k for k in ("aliases", "clients", "seconds") if not args.quick and getattr(args, k) != p.get_default(k)]
+    flags = [f"--{k} {getattr(args, k):g}" if k == "seconds" else f"--{k} {getattr(args, k)}" for k in changed]
+    command = "python bench/serve.py " + " ".join([*(["--quick"] if args.quick else []), *flags,
+                                                   *(["--no-mlflow"] if args.no_mlflow else []), *args.overrides])
     today, where = datetime.date.today().isoformat(), machine()
     os.environ["MLFLOW_TRACKING_URI"] = uri
     for alias, model_uri, version in registered:
