@@ -61,7 +61,9 @@ def ensemble(ckpts: Sequence[Path], cfg: config.Config):
 
     model = EnsembleModel()
     artifacts = {f"fold{k}": str(c) for k, c in enumerate(ckpts)}
-    model.load_context(PythonModelContext(artifacts, {"device": cfg.train.device, "tta": cfg.finalize.tta}))
+    # it reads JPEG files, as an offline Python caller does
+    model.load_context(PythonModelContext(artifacts, {"device": cfg.train.device, "tta": cfg.finalize.tta,
+                                                      "paths": True}))
     return model
 
 

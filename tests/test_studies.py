@@ -98,7 +98,7 @@ def test_warm_start_from_studies_that_are_not_there_names_each(tmp_path):
 
 _HOLD = """
 import sys, time
-from maskclf import config
+from search.study import settings
 from search import study
 cfg = settings.load(sys.argv[1], {"run.dir": sys.argv[2]})
 with study.driver_lock(cfg, "python -m search.tune"):

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 
@@ -66,8 +67,10 @@ class _Photos(mlflow.pyfunc.PythonModel):
     def probabilities(self, images: list) -> tuple[Any, str]:
         raise NotImplementedError
 
-    def predict(self, context, model_input, params=None):  # no type hints: MLflow would build a schema from them
-        """A DataFrame with a row per photo of ``model_input``: ``label``, ``class``, ``probability``."""
+    def predict(self, context, model_input: pd.DataFrame, params=None):
+        """A DataFrame with a row per photo of ``model_input`` (a list, or a one-column DataFrame): ``label``,
+        ``class``, ``probability``. MLflow builds no input schema from a DataFrame hint (one from a list hint
+        would refuse bytes), and warns on every import of a predict without hints."""
         images = self._images(model_input)
         if not images:
             return predict.answers(np.zeros((0, 18)))
