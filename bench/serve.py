@@ -9,8 +9,9 @@ search.distill`` for ``@fast``); trains nothing. Each alias is served by the rea
 (a private local Ray), warmed up with one request, then loaded by each number of clients in turn: every client
 sends one photo per request (a raw ``image/jpeg`` body; base64 JSON to MLflow's server) as soon as its last one
 is answered. Rows: requests/s, images/s, latency p50 / p95 / p99 and errors (an answer other than 200, or none
-in 30 s), per server, model and clients; and
-where one photo's time goes inside the model (decode, face step, network) at batch 1 and at the service's batch.
+in 30 s), and for ``search.serve`` the median time a request spent in the replica (the rest is HTTP, Serve's
+proxy and the clients), per server, model and clients; and where one photo's time goes inside the model (decode,
+face step, network) at batch 1 and at the service's batch.
 The clients run on the same machine as the service and take some of its CPU. Every request goes to 127.0.0.1.
 """
 
@@ -41,7 +42,7 @@ from _results import append_row, machine  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 SECTION = "Serving: photos over HTTP under load (python -m search.serve, mlflow models serve)"
 HEADER = ["date", "machine", "server", "model", "clients", "seconds", "requests/s", "images/s", "p50 ms", "p95 ms",
-          "p99 ms", "errors", "command"]
+          "p99 ms", "errors", "in replica p50 ms", "command"]
 STAGES = "Serving: where one photo's time goes inside the model (ms per photo)"
 REQUEST_TIMEOUT_S = 30  # a request not answered by then counts as an error
 STAGE_HEADER = ["date", "machine", "model", "batch", "decode", "face step", "network", "all", "command"]
@@ -108,10 +109,13 @@ def _once(url: str, body: bytes, content_type: str) -> None:
 
 async def _load(url: str, bodies: list[bytes], content_type: str, clients: int, seconds: float) -> dict:
     """``clients`` concurrent clients, each sending its next photo as soon as the last is answered, for
-    ``seconds``; latencies of the answered requests and the count of the failed ones."""
+    ``seconds``; latencies of the answered requests, the time each spent in the replica where the answer says
+    (``search.serve``'s ``seconds``: decoding, waiting for its batch, the face step and the network), and the
+    count of the failed ones."""
     import aiohttp
 
     latencies: list[float] = []
+    inside: list[float] = []
     errors = 0
     end = time.perf_counter() + seconds
 
@@ -123,12 +127,15 @@ async def _load(url: str, bodies: list[bytes], content_type: str, clients: int, 
             try:
                 async with session.post(url, data=bodies[i % len(bodies)],
                                         headers={"Content-Type": content_type}) as r:
-                    await r.read()
+                    body = await r.read()
                     ok = r.status == 200
             except (aiohttp.ClientError, asyncio.TimeoutError):  # refused, reset, or no answer in REQUEST_TIMEOUT_S
                 ok = False
             if ok:
                 latencies.append(time.perf_counter() - t)
+                spent = json.loads(body).get("seconds") if body.startswith(b"{") else None
+                if isinstance(spent, dict):
+                    inside.append(spent.get("decode", 0) + spent.get("model", 0))
             else:
                 errors += 1
             i += clients
@@ -137,15 +144,17 @@ async def _load(url: str, bodies: list[bytes], content_type: str, clients: int, 
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(timeout=timeout, connector=aiohttp.TCPConnector(limit=clients)) as session:
         await asyncio.gather(*(client(k, session) for k in range(clients)))
-    return {"latencies": latencies, "errors": errors, "wall": time.perf_counter() - start_t}
+    return {"latencies": latencies, "inside": inside, "errors": errors, "wall": time.perf_counter() - start_t}
 
 
 def summary(run: dict) -> dict:
     lat = np.array(run["latencies"]) * 1000
     n = len(lat)
     pct = (lambda q: f"{np.percentile(lat, q):.0f}") if n else (lambda q: "-")
+    inside = np.array(run["inside"]) * 1000
     return {"requests/s": f"{n / run['wall']:.1f}", "images/s": f"{n / run['wall']:.1f}", "p50 ms": pct(50),
-            "p95 ms": pct(95), "p99 ms": pct(99), "errors": str(run["errors"]), "answered": n}
+            "p95 ms": pct(95), "p99 ms": pct(99), "errors": str(run["errors"]),
+            "in replica p50 ms": f"{np.percentile(inside, 50):.0f}" if len(inside) else "-", "answered": n}
 
 
 def stages(model_uri: str, jpegs: list[bytes], batches: list[int]) -> list[dict]:
@@ -235,10 +244,10 @@ def main(argv: list[str] | None = None) -> int:
                 _once(url, bodies[0], kind)  # anything lazy happens before the clock starts
                 for n in clients:
                     s = summary(asyncio.run(_load(url, bodies, kind, n, seconds)))
-                    cells = [s[k] for k in HEADER[6:12]]
+                    cells = [s[k] for k in HEADER[6:13]]
                     append_row(SECTION, HEADER, [today, where, server, name, str(n), f"{seconds:g}", *cells,
                                                  f"`{command}`"], args.results)
-                    print(f"{server} {name} {n} clients: " + ", ".join(f"{k} {s[k]}" for k in HEADER[6:12]),
+                    print(f"{server} {name} {n} clients: " + ", ".join(f"{k} {s[k]}" for k in HEADER[6:13]),
                           flush=True)
             finally:
                 stop(proc)
