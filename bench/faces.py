@@ -64,14 +64,21 @@ def _hit_time(paths: list[str], cfg: config.Config, device: str) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default=str(config.DEFAULT_CONFIG))
-    p.add_argument("--quick", action="store_true", help="32 images")
+    p.add_argument("--quick", action="store_true", help="32 images (with --methods: 32 timed, the rest as asked)")
     p.add_argument("--images", type=int, default=256, help="train images to crop (default 256)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads (default 1; 0 = torch's default, as data preparation runs)")
     p.add_argument("--results", default=str(Path(__file__).with_name("RESULTS.md")), help="where the row goes")
+    p.add_argument("--methods", default="", help="compare these faces.method values (comma-separated) instead")
+    p.add_argument("--seeds", type=int, default=2, help="--methods: trainings per method (0: no training)")
+    p.add_argument("--workers", type=int, default=2, help="--methods: trainings at once, one CPU thread each")
     p.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
     cfg = settings.load(args.config, args.overrides)
+    if args.methods:
+        from _face_methods import compare
+
+        return compare(cfg, args, argv if argv is not None else sys.argv[1:])
     prep = dataset.prepare(cfg, log=lambda s: print(s, file=sys.stderr), progress=False)
     n = min(32 if args.quick else args.images, len(prep.train))
     paths = prep.train["path"].iloc[:n].tolist()
@@ -85,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     hit_all = _hit_time(prep.train["path"].tolist(), cfg, device)
     print(f"{n} train images, method {f.method}, {f.size}px crops, device {device}, "
           f"{torch.get_num_threads()} thread(s)")
-    print(f"  batched ({f.batch_size} per MTCNN call): {batched:7.1f} images/s")
+    print(f"  batched ({f.batch_size} per detector call): {batched:7.1f} images/s")
     print(f"  one image at a time:        {single:7.1f} images/s")
     print(f"  ratio: {batched / single:.2f}x")
     print(f"  crop cache, first call (miss): {miss:8.2f} s")

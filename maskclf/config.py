@@ -224,6 +224,9 @@ def value_problems(cfg: Config) -> list[str]:
 
     p: list[str] = []
     check_choice(p, "faces.method", cfg.faces.method, list(faces.METHODS))
+    missing = faces.install_problem(cfg.faces.method)
+    if missing:
+        p.append(f"faces.method={cfg.faces.method}: {missing}")
     check_choice(p, "model.task", cfg.model.task, list(tasks.TASKS))
     check_choice(p, "model.head", cfg.model.head, list(vocab.HEADS))
     check_choice(p, "model.pretrained_source", cfg.model.pretrained_source, list(weights.SOURCES))

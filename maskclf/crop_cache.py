@@ -25,7 +25,7 @@ from tqdm import tqdm
 from maskclf import faces
 from maskclf.errors import InputError
 
-# Bump when a change to maskclf.faces or this module changes the crops, so old caches are not reused.
+# Bump when a change to maskclf.faces, maskclf.retinaface or this module changes the crops, so old caches are not reused.
 CACHE_VERSION = 1
 
 
@@ -46,15 +46,20 @@ def load_crop_cache(cache_dir: Path, key: str) -> faces.FaceCrops:
     found = np.array([r["found"] == "1" for r in rows], bool)
     if len(rows) != len(images):
         raise InputError(f"{entry}: index.csv has {len(rows)} rows but crops.npy has {len(images)} crops")
-    return faces.FaceCrops(images, boxes, found, [r["path"] for r in rows])
+    if rows and "detector" in rows[0]:
+        detector = np.array([r["detector"] for r in rows], faces.DETECTOR_DTYPE)
+    else:  # an entry written before the detector was recorded: MTCNN was the only detector then
+        whole = json.loads((entry / "meta.json").read_text()).get("method") == "none"
+        detector = np.where(found, "mtcnn", "whole" if whole else "box").astype(faces.DETECTOR_DTYPE)
+    return faces.FaceCrops(images, boxes, found, [r["path"] for r in rows], detector)
 
 
 def _write_entry(tmp: Path, crops: faces.FaceCrops, settings: dict) -> None:
     with open(tmp / "index.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", "x1", "y1", "x2", "y2", "found"])
-        for p, b, ok in zip(crops.paths, crops.boxes, crops.found):
-            w.writerow([p, *(f"{v:.1f}" for v in b), int(ok)])
+        w.writerow(["path", "x1", "y1", "x2", "y2", "found", "detector"])
+        for p, b, ok, by in zip(crops.paths, crops.boxes, crops.found, crops.detector):
+            w.writerow([p, *(f"{v:.1f}" for v in b), int(ok), by])
     meta = {
         **settings,
         "fallback_box": faces.FALLBACK_BOX,
@@ -62,6 +67,7 @@ def _write_entry(tmp: Path, crops: faces.FaceCrops, settings: dict) -> None:
         "count": len(crops.paths),
         "found": int(crops.found.sum()),
         "fell_back": int((~crops.found).sum()),
+        "detectors": crops.counts(),
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -89,7 +95,7 @@ def _save_shard(shards: Path, i: int, result: dict) -> None:
     """One finished shard, written under a temporary name and renamed: a shard file on disk is always whole."""
     tmp = shards / f".{i:05d}.{os.getpid()}.npz"
     with open(tmp, "wb") as f:
-        np.savez(f, crops=result["crops"], boxes=result["boxes"], found=result["found"])
+        np.savez(f, crops=result["crops"], boxes=result["boxes"], found=result["found"], detector=result["detector"])
     os.replace(tmp, shards / f"{i:05d}.npz")
 
 
@@ -211,12 +217,15 @@ def _build(files: list[Path], cache_dir: Path, key: str, settings: dict, *,
         size = int(settings["size"])
         out = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
         boxes, found = np.zeros((len(files), 4), np.float32), np.zeros(len(files), bool)
+        detector = np.full(len(files), "box", faces.DETECTOR_DTYPE)
         for i, start in enumerate(starts):
             with np.load(shards / f"{i:05d}.npz") as z:
                 end = start + len(z["found"])
                 out[start:end], boxes[start:end], found[start:end] = z["crops"], z["boxes"], z["found"]
+                # a shard kept by a build from before the detector was recorded: MTCNN was the only one then
+                detector[start:end] = z["detector"] if "detector" in z.files else np.where(z["found"], "mtcnn", "box")
         out.flush()
-        _write_entry(tmp, faces.FaceCrops(out, boxes, found, [str(f) for f in files]), settings)
+        _write_entry(tmp, faces.FaceCrops(out, boxes, found, [str(f) for f in files], detector), settings)
         del out  # close the memmap before its directory moves
         os.rename(tmp, cache_dir / key)
     finally:

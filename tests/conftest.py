@@ -283,17 +283,20 @@ def _unit_tier_guard(request, monkeypatch):
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse)
     from maskclf import faces
 
-    mtcnn, seen = faces.METHODS["mtcnn"], []
+    seen = []
 
-    def counted(images, **kw):
-        seen.append(len(images))
-        if sum(seen) > _UNIT_MTCNN_PHOTOS:
-            raise _UnitTierError(f"a unit test runs MTCNN on a few photos, but this one sent it {sum(seen)}: use "
-                                 f"faces.method=center, or mark it integration")
-        return mtcnn(images, **kw)
+    def counted(name, detect):
+        def run(images, device):
+            seen.append(len(images))
+            if sum(seen) > _UNIT_DETECTOR_PHOTOS:
+                raise _UnitTierError(f"a unit test runs a face detector on a few photos, but this one sent {name} "
+                                     f"{sum(seen)} in all: use faces.method=center, or mark it integration")
+            return detect(images, device)
+        return run
 
-    monkeypatch.setitem(faces.METHODS, "mtcnn", counted)
+    for name, detect in list(faces.DETECTORS.items()):
+        monkeypatch.setitem(faces.DETECTORS, name, counted(name, detect))
     yield
 
 
-_UNIT_MTCNN_PHOTOS = 64  # a whole smoke dataset (420 photos) is integration work
+_UNIT_DETECTOR_PHOTOS = 64  # a whole smoke dataset (420 photos) is integration work

@@ -109,12 +109,25 @@ def test_faces_quick_mode_runs_and_records(smoke_cfg, tmp_path):
     results = tmp_path / "RESULTS.md"
     r = _quick("faces.py", smoke_cfg, results)
     assert r.returncode == 0, r.stderr[-2000:]
-    for line in ("32 train images, method mtcnn", "batched (32 per MTCNN call):", "one image at a time:", "ratio:",
+    for line in ("32 train images, method cascade", "batched (32 per detector call):", "one image at a time:", "ratio:",
                  "crop cache, first call (miss):", "crop cache, same call again (hit):",
                  "crop cache hit, all 420 train images:"):
         assert line in r.stdout, r.stdout
     table = results.read_text()
-    assert "## Faces" in table and table.count("| 32 | mtcnn / cpu / 1 |") == 1
+    assert "## Faces" in table and table.count("| 32 | cascade / cpu / 1 |") == 1
+
+
+def test_faces_methods_quick_mode_compares_and_trains_each_method(smoke_cfg, tmp_path):
+    results = tmp_path / "RESULTS.md"
+    r = subprocess.run([sys.executable, "bench/faces.py", "--quick", "--methods", "retinaface,center", "--seeds", "1",
+                        "--results", str(results), "--config", str(SMOKE), f"data.root={smoke_cfg.data.root}",
+                        f"run.dir={tmp_path / 'runs'}", f"faces.cache_dir={smoke_cfg.faces.cache_dir}", "train.epochs=1"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "retinaface: demo train set" in r.stdout and "center seed 0: val macro F1" in r.stdout, r.stdout
+    rows = [line for line in results.read_text().splitlines() if line.startswith("| 20")]
+    assert [line.split(" | ")[2] for line in rows] == ["retinaface", "center"]
+    assert all(line.split(" | ")[5] == "1/1" for line in rows[:1])  # RetinaFace finds the astronaut
 
 
 def test_crops_quick_mode_runs_and_records(smoke_cfg, tmp_path):

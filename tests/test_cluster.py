@@ -118,6 +118,7 @@ def test_face_crops_on_three_nodes_run_on_every_worker_and_give_the_crops_of_one
     assert {p.name for p in nodes.iterdir()} == workers  # both one-CPU workers cropped; the CPU-less head did not
     assert np.array_equal(spread.images, here.images) and np.array_equal(spread.boxes, here.boxes)
     assert spread.found.tolist() == here.found.tolist() and spread.paths == here.paths
+    assert spread.detector.tolist() == here.detector.tolist()
 
 
 def test_finalize_on_three_nodes_spreads_folds(cluster, cluster_run, smoke_data):
@@ -133,6 +134,7 @@ def test_finalize_on_three_nodes_spreads_folds(cluster, cluster_run, smoke_data)
     here = dataset.prepare(config.apply(cfg, {"faces.cache_dir": str(smoke_data.parent / "cache")}),
                            log=lambda s: None, progress=False).train_crops  # the session's, cut on one node
     assert np.array_equal(on_workers.images, here.images) and on_workers.found.tolist() == here.found.tolist()
+    assert on_workers.detector.tolist() == here.detector.tolist()  # the smoke config's cascade, on the workers too
     assert m["folds"] == [0, 1, 2, 3, 4] and 0 <= m["oof_f1"] <= 1
     assert len(set(m["fold_nodes"].values())) == 2, m["fold_nodes"]
     out = Path(cluster_run["run.dir"]) / "smoke" / "final"

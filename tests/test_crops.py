@@ -28,15 +28,17 @@ def _photos(smoke_data: Path, n: int) -> list[Path]:
 
 def test_shards_as_ray_tasks_give_the_crops_of_one_process(ray_local, smoke_data, tmp_path):
     photos = _photos(smoke_data, 40)
-    here = crop_cache.build_crop_cache(photos, tmp_path / "here", shard_size=8, progress=False, log=lambda s: None)
+    kw = dict(method="cascade", shard_size=8, progress=False)  # both detectors, in the Ray tasks too
+    here = crop_cache.build_crop_cache(photos, tmp_path / "here", log=lambda s: None, **kw)
     lines: list[str] = []
     cfg = settings.load(SMOKE, [f"run.dir={tmp_path / 'runs'}"])
-    on_ray = crop_cache.build_crop_cache(photos, tmp_path / "ray", shard_size=8, progress=False, log=lines.append,
-                                    run_shards=crops.runner(cfg, lines.append))
+    on_ray = crop_cache.build_crop_cache(photos, tmp_path / "ray", log=lines.append,
+                                         run_shards=crops.runner(cfg, lines.append), **kw)
     assert any(line.startswith("face crops: shards as Ray tasks on 2 CPUs") for line in lines), lines
     assert on_ray.found[0] and on_ray.found.sum() == here.found.sum() > 1
     assert np.array_equal(on_ray.images, here.images) and np.array_equal(on_ray.boxes, here.boxes)
     assert on_ray.found.tolist() == here.found.tolist() and on_ray.paths == here.paths
+    assert on_ray.detector.tolist() == here.detector.tolist() and {"mtcnn", "retinaface"} <= set(here.detector)
 
 
 @pytest.mark.integration

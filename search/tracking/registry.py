@@ -46,7 +46,7 @@ from search.tracking.registry import {cls}
 mlflow.models.set_model({cls}())
 """
 _REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "albumentations", "opencv-python-headless",
-                 "facenet-pytorch", "numpy", "pandas", "pillow", "pyyaml", "cloudpickle")
+                 "facenet-pytorch", "onnxruntime", "numpy", "pandas", "pillow", "pyyaml", "cloudpickle")
 
 
 class _Photos(mlflow.pyfunc.PythonModel):
