@@ -30,8 +30,7 @@ _MIN_PROB = 0.9
 _MTCNNS: dict[str, object] = {}  # one MTCNN per device, built on first use
 
 
-# What cut each crop: a detector that found the face, "box" (FALLBACK_BOX) or "whole" (the whole photo).
-FACE_DETECTORS = ("mtcnn", "retinaface")
+# What cut each crop: a detector of DETECTORS that found the face, "box" (FALLBACK_BOX) or "whole" (the whole photo).
 DETECTOR_DTYPE = "<U10"
 
 
@@ -137,6 +136,7 @@ def _boxes(images: list[np.ndarray], steps: tuple[str, ...], margin: float, devi
 def _finder(*steps: str) -> Callable:
     def find(images: list[np.ndarray], *, margin: float, device: str):
         return _boxes(images, steps, margin, device)
+    find.detectors = steps
     return find
 
 
@@ -148,6 +148,7 @@ def _whole_boxes(images: list[np.ndarray], *, margin: float, device: str):
 
 # a detector: (same-sized images, device) -> each image's face box (x1, y1, x2, y2) or None
 DETECTORS: dict[str, Callable] = {"mtcnn": _mtcnn_faces, "retinaface": _retinaface_faces}
+FACE_DETECTORS = tuple(DETECTORS)
 # faces.method -> its box finder: (images, margin=, device=) -> (N x 4 boxes, N detector names)
 METHODS: dict[str, Callable] = {
     "mtcnn": _finder("mtcnn"),
@@ -158,9 +159,14 @@ METHODS: dict[str, Callable] = {
 }
 
 
+def detectors(method: str) -> tuple[str, ...]:
+    """The detectors ``faces.method`` runs, in order (none for the fixed box and the whole photo)."""
+    return getattr(METHODS.get(method), "detectors", ())
+
+
 def install_problem(method: str) -> str | None:
     """What ``method`` needs that is not installed here (one line with the install), or None."""
-    if method in ("retinaface", "cascade"):
+    if "retinaface" in detectors(method):
         from maskclf import retinaface
 
         return retinaface.problem()

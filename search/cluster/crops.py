@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
+from maskclf import faces
 from maskclf.config import Config
 
 
@@ -27,7 +28,7 @@ def runner(cfg: Config, log: Callable[[str], None]) -> Callable:
         res = ray.cluster_resources()
         cpus, gpus = int(res.get("CPU", 1)), int(res.get("GPU", 0))
         # MTCNN runs where faces.device says; RetinaFace (and the fixed box) only on CPUs
-        on_gpu = gpus > 0 and cfg.faces.device != "cpu" and cfg.faces.method in ("mtcnn", "cascade")
+        on_gpu = gpus > 0 and cfg.faces.device != "cpu" and "mtcnn" in faces.detectors(cfg.faces.method)
         # MTCNN is small: four shards share a GPU; on CPUs each shard takes one core
         task = ray.remote(fn).options(num_cpus=1, num_gpus=0.25 if on_gpu else 0, max_retries=2)
         device = "cuda" if on_gpu else "cpu"
