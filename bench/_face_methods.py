@@ -73,7 +73,8 @@ def compare(cfg: config.Config, args, argv: list[str]) -> int:
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     for m in methods:
         faces.box_finder(m)
-    torch.set_num_threads(max(args.threads, 1))
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     f, log = cfg.faces, (lambda s: print(s, file=sys.stderr))
     prep = {m: dataset.prepare(config.apply(cfg, {"faces.method": m}), log=log) for m in methods}  # whole train set
     n = min(32 if args.quick else args.images, len(prep[methods[0]].train))
@@ -108,14 +109,16 @@ def compare(cfg: config.Config, args, argv: list[str]) -> int:
               "command"]
     for m in methods:
         r, s = rows[m], scores[m]
-        c = r["whole"].counts()
+        c, total = r["whole"].counts(), len(r["whole"].found)
         n_found = sum(c.get(k, 0) for k in faces.FACE_DETECTORS)
         by = ", ".join(f"{k} {c[k]}" for k in faces.FACE_DETECTORS if c.get(k))
+        by = f"; {by}" if by else ""
         mean = f"{np.mean([x[0] for x in s]):.3f}" if s else "-"
         each = ", ".join(f"{x[0]:.3f} (best {x[1]:.3f})" for x in s) or "-"
+        threads = torch.get_num_threads()
         append_row("Faces: the face methods side by side (found, speed, val F1 of their crops)", header,
-                   [str(datetime.date.today()), machine(), m,
-                    f"{n_found}/{len(r['whole'].found)} ({100 * n_found / len(r['whole'].found):.0f}%{'; ' + by if by else ''})",
-                    f"{r['rate']:.1f} ({len(demo)} photos, {torch.get_num_threads()} thread)", r["real"]["astronaut"],
-                    r["real"]["LFW faces"], r["real"]["LFW non-faces"], mean, each, f"`{cmd.strip()}`"], args.results)
+                   [str(datetime.date.today()), machine(), m, f"{n_found}/{total} ({100 * n_found / total:.0f}%{by})",
+                    f"{r['rate']:.1f} ({len(demo)} photos, {threads} thread{'s' * (threads > 1)})",
+                    r["real"]["astronaut"], r["real"]["LFW faces"], r["real"]["LFW non-faces"], mean, each,
+                    f"`{cmd.strip()}`"], args.results)
     return 0

@@ -1,5 +1,6 @@
 """Face crops: MTCNN (via facenet-pytorch), RetinaFace (:mod:`maskclf.retinaface`), the two in a cascade, or a
-fixed box finds each face; a square around it is cut and resized. :mod:`maskclf.crop_cache` runs this once per dataset and crop setting and keeps the crops on disk.
+fixed box finds each face; a square around it is cut and resized. :mod:`maskclf.crop_cache` runs this once per
+dataset and crop setting and keeps the crops on disk.
 """
 
 from __future__ import annotations
@@ -257,8 +258,8 @@ def crop_shard(names: list[str], blobs: list[bytes | None], *, batch_size: int =
     """Decode one shard of encoded photos and crop them, ``batch_size`` photos at a time.
 
     A pure function of its arguments (the bytes, not paths), so it runs in any process of any node. Returns
-    ``crops``, ``boxes``, ``found``, ``detector`` and ``problems`` (one line per photo that cannot be decoded; a ``None``
-    blob is a file that was not found). Detection is skipped once a problem is seen (the shard is useless) and
+    ``crops``, ``boxes``, ``found``, ``detector`` and ``problems`` (one line per photo that cannot be decoded; a
+    ``None`` blob is a file that was not found). Detection is skipped once a problem is seen (the shard is useless) and
     when ``detect`` is false (the photos are only checked)."""
     n, size = len(names), int(crop_kw.get("size", 128))
     crops, boxes, found = np.zeros((n, size, size, 3), np.uint8), np.zeros((n, 4), np.float32), np.zeros(n, bool)
