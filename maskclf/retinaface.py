@@ -77,6 +77,8 @@ def _session():
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
         opts.log_severity_level = 3  # errors only
+        # idle pool threads sleep instead of spinning: the network that runs next on the same cores needs them
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         _SESSIONS[threads] = ort.InferenceSession(weights(), opts, providers=["CPUExecutionProvider"])
     return _SESSIONS[threads]
 
