@@ -25,7 +25,8 @@ from tqdm import tqdm
 from maskclf import faces
 from maskclf.errors import InputError
 
-# Bump when a change to maskclf.faces, maskclf.retinaface or this module changes the crops, so old caches are not reused.
+# Bump when a change to maskclf.faces, maskclf.retinaface or this module changes the crops, so old caches are not
+# reused.
 CACHE_VERSION = 1
 
 
@@ -218,12 +219,13 @@ def _build(files: list[Path], cache_dir: Path, key: str, settings: dict, *,
         out = np.lib.format.open_memmap(tmp / "crops.npy", mode="w+", dtype=np.uint8, shape=(len(files), size, size, 3))
         boxes, found = np.zeros((len(files), 4), np.float32), np.zeros(len(files), bool)
         detector = np.full(len(files), "box", faces.DETECTOR_DTYPE)
+        unfound = "whole" if settings["method"] == "none" else "box"
         for i, start in enumerate(starts):
             with np.load(shards / f"{i:05d}.npz") as z:
                 end = start + len(z["found"])
                 out[start:end], boxes[start:end], found[start:end] = z["crops"], z["boxes"], z["found"]
                 # a shard kept by a build from before the detector was recorded: MTCNN was the only one then
-                detector[start:end] = z["detector"] if "detector" in z.files else np.where(z["found"], "mtcnn", "box")
+                detector[start:end] = z["detector"] if "detector" in z.files else np.where(z["found"], "mtcnn", unfound)
         out.flush()
         _write_entry(tmp, faces.FaceCrops(out, boxes, found, [str(f) for f in files], detector), settings)
         del out  # close the memmap before its directory moves
