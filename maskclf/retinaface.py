@@ -96,23 +96,12 @@ def _priors(height: int, width: int) -> np.ndarray:
     return np.concatenate(out).astype(np.float32)
 
 
-def _nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Indices kept by greedy non-maximum suppression, best score first."""
-    order, keep = np.argsort(-scores), []
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    while len(order):
-        i, rest = order[0], order[1:]
-        keep.append(i)
-        w = np.clip(np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0]), 0, None)
-        h = np.clip(np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1]), 0, None)
-        inter = w * h
-        order = rest[inter / (area[i] + area[rest] - inter + 1e-9) <= iou]
-    return np.array(keep, int)
-
-
 def detect(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
     """Faces in same-sized HxWx3 uint8 RGB images: per image, boxes (K x 4 x1, y1, x2, y2 in its pixels) and
     scores (K), best first; K is 0 where none scores ``_MIN_SCORE`` or the image is under ``MIN_SIDE``."""
+    import torch
+    from torchvision.ops import nms  # greedy non-maximum suppression, best score first
+
     h, w = images[0].shape[:2]
     if min(h, w) < MIN_SIDE:
         return [(np.zeros((0, 4), np.float32), np.zeros(0, np.float32)) for _ in images]
@@ -131,6 +120,6 @@ def detect(images: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         centre = p[:, :2] + d[:, :2] * _VARIANCE[0] * p[:, 2:]
         side = p[:, 2:] * np.exp(d[:, 2:] * _VARIANCE[1])
         boxes = np.concatenate([centre - side / 2, centre + side / 2], 1)
-        keep = _nms(boxes, score, _NMS_IOU)
+        keep = nms(torch.from_numpy(boxes), torch.from_numpy(score), _NMS_IOU).numpy()
         out.append(((boxes[keep] / scale).astype(np.float32), score[keep].astype(np.float32)))
     return out
